@@ -1,0 +1,300 @@
+"""Backbone speed: our Swin-T against torchvision's swin_t, and SPT-T against our Swin-T.
+
+    PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR [--budget 330] [--quick]
+
+Measures bf16-autocast inference and a training step (forward, backward, AdamW step) in img/s,
+eager and under ``torch.compile``, at 224x224 batch 256 and 1280x800 batch 8; peak training memory;
+SPT-T with ground-truth-like masks (one box per image, aligned to 32 px) that keep a given share of
+the stage 3-4 tokens (the "gt" selector), against the FLOPs ratio from ``spa_model.count_flops``
+(the ideal speed-up); a sweep of the selection ratio (plot ``spt_speedup.png``). Writes
+``bench_backbone.json`` after every measurement (machine, date, versions, numbers), so a run cut
+short keeps what it measured; work that does not fit ``--budget`` seconds is recorded as skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import spa_model
+
+COMPILE_COST_S = 75  # a pessimistic compile time, to decide whether a compiled run still fits
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.start = time.perf_counter()
+        self.results: list[dict] = []
+        self.meta = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else platform.processor(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": sys.version.split()[0], "dtype": "bfloat16 autocast", "quick": args.quick,
+        }
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def fits(self, cost_s: float) -> bool:
+        return self.elapsed() + cost_s <= self.args.budget
+
+    def record(self, **row) -> None:
+        self.results.append(row)
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+        print(json.dumps(shown), file=sys.stderr, flush=True)
+        os.makedirs(self.args.out, exist_ok=True)
+        path = os.path.join(self.args.out, "bench_backbone.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump({"meta": self.meta, "results": self.results}, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    def timed(self, fn, warmup: int, iters: int) -> float:
+        """Median milliseconds per call (CUDA events on the GPU)."""
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(iters):
+            if self.device.type == "cuda":
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+
+def box_labels(batch: int, height: int, width: int, ratio: float, seed: int, device) -> dict[int, torch.Tensor]:
+    """One box per image covering ``ratio`` of the image, at a random 32-px-aligned place;
+    labels per stride by max-pooling the pixel mask (as the loader's coverage > 0 rule)."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, 1, height, width)
+    box_h = min(height, max(32, round(math.sqrt(ratio) * height / 32) * 32))
+    box_w = min(width, max(32, round(ratio * height * width / box_h / 32) * 32))
+    for i in range(batch):  # setup only, not timed
+        top = 32 * int(torch.randint(0, (height - box_h) // 32 + 1, (1,), generator=generator))
+        left = 32 * int(torch.randint(0, (width - box_w) // 32 + 1, (1,), generator=generator))
+        mask[i, 0, top:top + box_h, left:left + box_w] = 1
+    return {s: F.max_pool2d(mask, s, ceil_mode=True)[:, 0].to(device) for s in (8, 16, 32)}
+
+
+SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # --quick
+
+
+def make_model(name: str, device, quick: bool = False, **overrides):
+    with torch.device(device):  # initialise on the device (fast)
+        if name == "torchvision_swin_t":
+            if quick:
+                from torchvision.models.swin_transformer import SwinTransformer
+                return SwinTransformer([4, 4], 16, [2, 2, 2, 2], [1, 2, 4, 8], [7, 7])
+            return torchvision.models.swin_t(weights=None)
+        return spa_model.create_model(name, num_classes=1000, **(SMALL if quick else {}), **overrides)
+
+
+def make_compute(model):
+    """images, labels -> (loss, selection ratios or None); what gets compiled (forward and loss)."""
+    if not isinstance(model, spa_model.SwinTransformer):
+        return lambda images, labels: (model(images).float().logsumexp(-1).mean(), None)
+
+    def compute(images, labels):
+        out = model.forward_features(images, labels)
+        loss = model.forward_head(out).float().logsumexp(-1).mean()
+        if out.scores:
+            loss = loss + 0.01 * spa_model.selection_loss(out.scores, labels)
+        return loss, out.select_ratios
+    return compute
+
+
+def inference_fn(model, compute, images, labels):
+    model.eval()
+
+    def run():
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16):
+            return compute(images, labels)
+    return run
+
+
+def train_fn(model, compute, images, labels):
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=images.device.type == "cuda")
+
+    def step():
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            loss, _ = compute(images, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str, compiled: bool,
+            labels_ratio: float | None = None, **overrides):
+    height, width = size
+    cost = (COMPILE_COST_S if compiled else 5) * (2 if phase == "train" else 1)
+    row = dict(label=label, model=name, size=f"{width}x{height}", batch=batch, phase=phase, compiled=compiled,
+               overrides={k: v for k, v in overrides.items()}, keep=labels_ratio)
+    if not bench.fits(cost):
+        bench.record(**row, skipped="budget")
+        return None
+    device = bench.device
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, height, width, device=device)
+    labels = box_labels(batch, height, width, labels_ratio, 0, device) if labels_ratio is not None else None
+    try:
+        model = make_model(name, device, bench.args.quick, **overrides)
+        compute = make_compute(model)
+        if compiled:
+            compute = torch.compile(compute)
+        fn = (inference_fn if phase == "inference" else train_fn)(model, compute, images, labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        fn()
+        first_s = time.perf_counter() - t0
+        ms = bench.timed(fn, bench.args.warmup, bench.args.iters)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+        extra = {}
+        if isinstance(model, spa_model.SwinTransformer):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+                model.eval()
+                out = model.forward_features(images, labels)
+            extra["gmacs_per_image"] = spa_model.count_flops(model, out).total / 1e9
+            if out.select_ratios:
+                extra["select_ratio"] = float(torch.stack(out.select_ratios).mean())
+                extra["containers"] = [int(c) for c in out.containers]
+        bench.record(**row, ms=ms, img_s=batch * 1e3 / ms, peak_gib=peak, first_call_s=first_s, **extra)
+        return bench.results[-1]
+    except Exception as error:  # one failing configuration must not end the benchmark
+        bench.record(**row, error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+        return None
+    finally:
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def static_capacity(bench: Bench, size, batch: int, keep: float) -> float:
+    """The smallest static capacity fraction that holds this batch's selection (read once, eagerly)."""
+    height, width = size
+    model = make_model("spt_tiny", bench.device, bench.args.quick, selector="gt").eval()
+    labels = box_labels(batch, height, width, keep, 0, bench.device)
+    with torch.no_grad(), torch.autocast(bench.device.type, dtype=torch.bfloat16):
+        out = model.forward_features(torch.randn(batch, 3, height, width, device=bench.device), labels)
+    fractions = []
+    grids = [tuple(f.shape[-2:]) for f in out.features[2:]]
+    blocks = [grids[0]] * model.cfg.depths[2] + [grids[1]] * model.cfg.depths[3]
+    for used, (h, w) in zip(out.containers, blocks):
+        per_image_max = math.ceil(h / 7) * math.ceil(w / 7)
+        fractions.append(int(used) / (batch * per_image_max))
+    return max(fractions) + 1e-6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--budget", type=float, default=330.0, help="seconds; later work is skipped")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny models and sizes (CPU smoke test)")
+    parser.add_argument("--compile-quick", action="store_true", help="with --quick: compiled runs too")
+    args = parser.parse_args()
+    bench = Bench(args)
+    sizes = [((224, 224), 256), ((800, 1280), 8)] if not args.quick else [((64, 64), 2), ((96, 160), 1)]
+    compile_ok = not args.quick or args.compile_quick
+    keep = 0.25
+
+    # 1. eager: ours vs torchvision; SPT-T (25% of stage 3-4 tokens) vs Swin-T; paper's packing; no RPB.
+    for size, batch in sizes:
+        capacity = static_capacity(bench, size, batch, keep)
+        bench.meta[f"static_capacity_{size[1]}x{size[0]}"] = capacity
+        for phase in ("inference", "train"):
+            common = dict(size=size, batch=batch, phase=phase, compiled=False)
+            measure(bench, label="torchvision", name="torchvision_swin_t", **common)
+            measure(bench, label="swin_t", name="swin_tiny", **common)
+            measure(bench, label="spt_t_gt25", name="spt_tiny", labels_ratio=keep, selector="gt", **common)
+            measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
+                    capacity=capacity, **common)
+        common = dict(size=size, batch=batch, phase="inference", compiled=False, labels_ratio=keep, selector="gt")
+        measure(bench, label="spt_t_gt25_paper_packing", name="spt_tiny", per_image_containers=False, **common)
+        measure(bench, label="spt_t_gt25_no_rpb", name="spt_tiny", relative_position=False, **common)
+
+    # 2. speed-up against the selection ratio (eager inference, detection size).
+    size, batch = sizes[-1]
+    for ratio in (0.1, 0.25, 0.5, 0.75, 1.0):
+        measure(bench, label="sweep", name="spt_tiny", size=size, batch=batch, phase="inference", compiled=False,
+                labels_ratio=ratio, selector="gt")
+    plot(bench)
+
+    # 3. compiled (most important first).
+    if compile_ok:
+        for size, batch in sizes:
+            capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
+            for phase in ("inference", "train"):
+                common = dict(size=size, batch=batch, phase=phase, compiled=True)
+                measure(bench, label="swin_t", name="swin_tiny", **common)
+                measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
+                        capacity=capacity, **common)
+                measure(bench, label="torchvision", name="torchvision_swin_t", **common)
+    summarize(bench)
+
+
+def plot(bench: Bench) -> None:
+    rows = [r for r in bench.results if r["label"] == "sweep" and "img_s" in r]
+    base = [r for r in bench.results if r["label"] == "swin_t" and r["phase"] == "inference" and not r["compiled"]
+            and r["size"] == (rows[0]["size"] if rows else None) and "img_s" in r]
+    if not rows or not base:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [r["select_ratio"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ratios, [r["img_s"] / base[0]["img_s"] for r in rows], "o-", label="measured (eager, bf16)")
+    ax.plot(ratios, [base[0]["gmacs_per_image"] / r["gmacs_per_image"] for r in rows], "s--", label="FLOPs ratio (ideal)")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xlabel("tokens selected in stages 3-4")
+    ax.set_ylabel("SPT-T speed-up over Swin-T")
+    ax.set_title(f"{rows[0]['size']} batch {rows[0]['batch']}, {bench.meta['device']}", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(bench.args.out, "spt_speedup.png"), dpi=120)
+
+
+def summarize(bench: Bench) -> None:
+    print(f"\n{bench.meta['device']}  torch {bench.meta['torch']}  {bench.meta['date']}")
+    print(f"{'label':26s} {'size':9s} {'batch':>5s} {'phase':9s} {'mode':8s} {'img/s':>9s} {'peak GiB':>8s} "
+          f"{'GMACs':>6s} {'sel':>5s}")
+    for r in bench.results:
+        mode = "compiled" if r["compiled"] else "eager"
+        if "img_s" not in r:
+            print(f"{r['label']:26s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} "
+                  f"{r.get('skipped') or r.get('error')}")
+            continue
+        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") else "-"
+        gmacs = f"{r['gmacs_per_image']:.2f}" if "gmacs_per_image" in r else "-"
+        sel = f"{r['select_ratio']:.2f}" if "select_ratio" in r else "-"
+        print(f"{r['label']:26s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} {r['img_s']:9.1f} "
+              f"{peak:>8s} {gmacs:>6s} {sel:>5s}")
+    print(f"total {bench.elapsed():.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""ShardDataset (map-style, one sample per index) and make_loader (batches on the device).
+
+Files are opened lazily in whichever process reads them (the dataset pickles as a
+path and settings only), so the dataset is safe in DataLoader workers under fork, spawn
+and forkserver, and with DistributedSampler.
+
+Two paths to a batch:
+- CPU: each worker decodes, resizes and pads its samples; the collate pads and normalises.
+- CUDA: workers return the stored bytes (JPEG or raw pixels) plus the labels; the main
+  process decodes the whole batch with nvJPEG (``decode_jpeg(list, device="cuda")``),
+  resizes same-sized images together, pads, flips and normalises on the GPU, one batch
+  ahead on a side stream. Collated tensors come from pinned memory with non_blocking copies.
+
+Horizontal flip mirrors the image, boxes, masks and every grid about the vertical axis
+of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * max_stride``
+(<= canvas width): a mirror of grid columns, hence exact at every stride; IN-S content
+(64 px) stays at the upper left.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from spa_data.errors import SpaError
+from spa_data.geometry import Geometry
+from spa_data.labels import threshold_code
+from spa_data.shards import ShardReader, load_index
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BATCH_MULTIPLE = 32
+
+
+# ------------------------------------------------------------------------------------ RLE
+
+
+def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
+    """Decode a compressed COCO RLE string to an (h, w) uint8 mask, without pycocotools.
+
+    Same format as pycocotools' ``rleFrString``: 6-bit chunks (offset 48), 0x20 = more
+    chunks follow, 0x10 in the last chunk = negative; from the third run on, each value
+    is a delta to the run two before. Runs alternate 0s and 1s over the column-major image.
+    """
+    if not counts:
+        return np.zeros((height, width), dtype=np.uint8)
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    last = (c & 0x20) == 0                              # the chunk that ends each value
+    group = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    shift = 5 * (np.arange(len(c)) - starts[group])
+    values = np.add.reduceat((c & 0x1F) << shift, starts)
+    ends = np.flatnonzero(last)
+    negative = (c[ends] & 0x10) != 0
+    values = np.where(negative, values - (1 << (5 * (ends - starts + 1))), values)
+    runs = values.copy()
+    runs[3::2] = np.cumsum(values[1::2])[1:]            # m > 2: delta to run m - 2
+    runs[2::2] = np.cumsum(values[2::2])
+    if runs.sum() != height * width or (runs < 0).any():
+        raise SpaError(f"mask RLE does not describe a {height}x{width} mask")
+    bits = np.arange(len(runs), dtype=np.uint8) & 1
+    return np.repeat(bits, runs).reshape(width, height).T
+
+
+# ------------------------------------------------------------------------------------ dataset
+
+
+class ShardDataset(Dataset):
+    """The samples of a shard directory (or its subset directory, or its index.json).
+
+    ``ds[i]`` is a dict: ``image`` uint8 (3, H, W) on the canonical canvas, ``image_id``,
+    ``select`` {stride: float32 (H/stride, W/stride) of 0/1, positive iff coverage >
+    select_threshold}, ``image_size`` (h, w) of the content extent, and the task targets:
+    cls ``label`` (int64), multilabel ``labels`` (float32 (num_classes,)), det ``boxes``
+    float32 (K, 4) in pixels of ``image``, ``categories`` int64 (K,), ``iscrowd`` uint8 (K,)
+    and ``masks`` uint8 (K, H, W) where the subset has masks (objects without one get their box).
+    """
+
+    def __init__(self, path: str | Path, *, select_threshold: float = 0.0, train: bool = False,
+                 hflip: float = 0.5, masks: bool = True):
+        self.path, self.index = load_index(Path(path))
+        self.select_threshold = select_threshold
+        self._code = threshold_code(select_threshold)
+        self.train = train
+        self.hflip = hflip if train else 0.0
+        self.with_masks = masks and bool(self.index.get("has_masks"))
+        self.task: str = self.index["task"]
+        self.classes: list[str] = list(self.index["classes"])
+        self.num_classes = len(self.classes)
+        self.category_ids = self.index.get("category_ids")
+        self.strides: list[int] = list(self.index["strides"])
+        self.geometry = Geometry.from_json(self.index["geometry"])
+        counts = [entry["num_samples"] for entry in self.index["shards"]]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._readers: dict[int, ShardReader] = {}
+        self._image_ids: Optional[list] = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_readers"] = {}  # h5py handles never cross a process boundary
+        return state
+
+    @property
+    def image_ids(self) -> list:
+        if self._image_ids is None:
+            self._image_ids = [i for k in range(len(self.index["shards"])) for i in self._reader(k).image_ids]
+        return self._image_ids
+
+    def _reader(self, k: int) -> ShardReader:
+        reader = self._readers.get(k)
+        if reader is None:
+            reader = self._readers[k] = ShardReader(self.path / self.index["shards"][k]["file"])
+            if reader.num_samples != self.index["shards"][k]["num_samples"]:
+                raise SpaError(f"{reader.path}: holds {reader.num_samples} samples, {self.path / 'index.json'} says "
+                               f"{self.index['shards'][k]['num_samples']}")
+        return reader
+
+    def raw(self, i: int) -> dict:
+        """Stored fields of sample ``i`` (image still encoded)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range 0..{len(self) - 1}")
+        k = int(np.searchsorted(self._starts, i, side="right") - 1)
+        return self._reader(k).read(i - int(self._starts[k]), objects=self.task == "det")
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.encoded(i)
+        sample["image"] = render_image(sample.pop("encoded"), sample.pop("image_format"), sample["orig_hw"],
+                                       sample["resized_hw"], sample["canvas_hw"], sample["flip_width"])
+        for key in ("orig_hw", "resized_hw", "flip_width"):
+            sample.pop(key)
+        return sample
+
+    def encoded(self, i: int) -> dict:
+        """Like ``ds[i]`` but with the image left as stored (``encoded``), for batched GPU decoding."""
+        raw = self.raw(i)
+        (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
+        flip = self.hflip > 0 and torch.rand(()).item() < self.hflip
+        fw = min(cw, math.ceil(rw / max(self.strides)) * max(self.strides)) if flip else 0
+        select = {}
+        for s, q in raw["select"].items():
+            grid = torch.from_numpy((q > self._code).astype(np.float32))
+            select[s] = _flip_columns(grid, fw // s) if flip else grid
+        out = {"image_id": raw["image_id"], "encoded": torch.from_numpy(np.asarray(raw["image"])),
+               "image_format": raw["image_format"], "orig_hw": (h, w), "resized_hw": (rh, rw), "canvas_hw": (ch, cw),
+               "flip_width": fw, "select": select, "image_size": (rh, fw or rw)}
+        if self.task == "cls":
+            out["label"] = torch.tensor(raw["label"], dtype=torch.int64)
+        elif self.task == "multilabel":
+            out["labels"] = torch.from_numpy(raw["labels"].astype(np.float32))
+        else:
+            out.update(self._det_targets(raw, fw))
+        return out
+
+    def _det_targets(self, raw: dict, flip_width: int) -> dict:
+        (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
+        boxes = torch.from_numpy(raw["boxes"].astype(np.float32)) * torch.tensor([rw / w, rh / h, rw / w, rh / h])
+        if flip_width:
+            boxes = torch.stack([flip_width - boxes[:, 2], boxes[:, 1], flip_width - boxes[:, 0], boxes[:, 3]], 1)
+        out = {"boxes": boxes, "categories": torch.from_numpy(raw["categories"].astype(np.int64)),
+               "iscrowd": torch.from_numpy(raw["iscrowd"].astype(np.uint8))}
+        if self.with_masks:   # every sample of a subset with masks gets them, so batches stay uniform
+            decoded = [decode_rle(r, h, w) if r else _box_mask(box, h, w) for r, box in zip(raw["rles"], raw["boxes"])]
+            masks = (F.interpolate(torch.from_numpy(np.stack(decoded))[None], size=(rh, rw), mode="nearest-exact")[0]
+                     if decoded else torch.zeros((0, rh, rw), dtype=torch.uint8))
+            masks = F.pad(masks, (0, cw - rw, 0, ch - rh))
+            out["masks"] = _flip_columns(masks, flip_width) if flip_width else masks
+        return out
+
+
+def _box_mask(box: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pixels whose centres lie in the box (a stand-in mask for an object without one)."""
+    m = np.zeros((h, w), dtype=np.uint8)
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    m[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1
+    return m
+
+
+def _flip_columns(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror the first ``width`` columns (last dimension) of ``t``."""
+    out = t.clone()
+    out[..., :width] = t[..., :width].flip(-1)
+    return out
+
+
+def render_image(encoded: torch.Tensor, image_format: str, orig_hw, resized_hw, canvas_hw, flip_width: int = 0,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """Stored image -> uint8 (3, H, W) on the canvas (decode, resize, pad, flip)."""
+    return render_images([encoded], image_format, [orig_hw], [resized_hw], canvas_hw, [flip_width], device)[0]
+
+
+def render_images(encoded: list[torch.Tensor], image_format: str, orig_hw: list, resized_hw: list, canvas_hw,
+                  flip_widths: list[int], device: str | torch.device) -> torch.Tensor:
+    """Decode a batch on ``device`` and place it on one (B, 3, H, W) uint8 canvas.
+
+    Images that share (original size, resized size, flip) go through resize and flip together.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2.functional import resize
+
+    device = torch.device(device)
+    if image_format == "jpeg":
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    elif image_format == "raw" and isinstance(encoded, torch.Tensor):   # one copy for a uniform batch
+        (h, w), = set(map(tuple, orig_hw))
+        decoded = encoded.to(device, non_blocking=True).view(-1, h, w, 3).permute(0, 3, 1, 2)
+    elif image_format == "raw":
+        decoded = [e.to(device, non_blocking=True).view(h, w, 3).permute(2, 0, 1)
+                   for e, (h, w) in zip(encoded, orig_hw)]
+    else:
+        raise SpaError(f"unknown image_format {image_format!r} in shard")
+    canvas = torch.zeros((len(orig_hw), 3, *canvas_hw), dtype=torch.uint8, device=device)
+    groups: dict[tuple, list[int]] = {}
+    for b, key in enumerate(zip(orig_hw, resized_hw, flip_widths)):
+        groups.setdefault(tuple(key), []).append(b)
+    for ((h, w), (rh, rw), fw), members in groups.items():
+        x = decoded if len(members) == len(decoded) and torch.is_tensor(decoded) else torch.stack(
+            [decoded[b] for b in members])
+        if (rh, rw) != (h, w):
+            x = resize(x, [rh, rw], antialias=True)
+        idx = torch.tensor(members, device=device)
+        canvas[idx, :, :rh, :rw] = x
+        if fw:
+            canvas[idx, :, :, :fw] = canvas[idx, :, :, :fw].flip(-1)
+    return canvas
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+@dataclass
+class Batch:
+    """One batch on its device (see INTERFACES.md, Loader contract)."""
+
+    images: torch.Tensor                       # float32 (B, 3, H, W), normalised
+    select: dict[int, torch.Tensor]            # {stride: float32 (B, H/stride, W/stride)}
+    targets: Any                               # cls: (B,) int64; multilabel: (B, K); det: list of dicts
+    image_ids: list
+    image_sizes: list[tuple[int, int]]         # (h, w) of each image's content extent
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 normalised with ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def _batch_hw(samples: list[dict], strides: list[int]) -> tuple[int, int]:
+    m = max(BATCH_MULTIPLE, max(strides))
+    h = max(s["canvas_hw"][0] for s in samples)
+    w = max(s["canvas_hw"][1] for s in samples)
+    return math.ceil(h / m) * m, math.ceil(w / m) * m
+
+
+def _pad_to(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
+
+
+class Collate:
+    """Collate samples into CPU tensors; ``encoded=True`` keeps images as stored for the GPU."""
+
+    def __init__(self, task: str, strides: list[int], encoded: bool):
+        self.task, self.strides, self.encoded = task, strides, encoded
+
+    def __call__(self, samples: list[dict]) -> dict:
+        bh, bw = _batch_hw(samples, self.strides)
+        out = {
+            "select": {st: torch.stack([_pad_to(s["select"][st], bh // st, bw // st) for s in samples])
+                       for st in self.strides},
+            "image_ids": [s["image_id"] for s in samples],
+            "image_sizes": [tuple(s["image_size"]) for s in samples],
+            "batch_hw": (bh, bw),
+        }
+        if self.encoded:
+            out.update({k: [s[k] for s in samples] for k in ("encoded", "orig_hw", "resized_hw", "flip_width")})
+            out["image_format"] = samples[0]["image_format"]
+            if out["image_format"] == "raw" and len(set(out["orig_hw"])) == 1:
+                out["encoded"] = torch.stack(out["encoded"])   # one pinned host-to-device copy
+        else:
+            out["images"] = torch.stack([_pad_to(s["image"], bh, bw) for s in samples])
+        if self.task == "cls":
+            out["targets"] = torch.stack([s["label"] for s in samples])
+        elif self.task == "multilabel":
+            out["targets"] = torch.stack([s["labels"] for s in samples])
+        else:
+            out["targets"] = [_det_target(s) for s in samples]
+        return out
+
+
+def _det_target(sample: dict) -> dict:
+    target = {"boxes": sample["boxes"], "labels": sample["categories"] + 1, "iscrowd": sample["iscrowd"]}
+    if "masks" in sample:
+        target["masks"] = sample["masks"]
+    return target
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_device(v, device) for v in x]
+    return x
+
+
+def finish_batch(collated: dict, device: torch.device) -> Batch:
+    """Move a collated batch to ``device``; decode (GPU path), pad and normalise there."""
+    if "encoded" in collated:
+        images = render_images(collated["encoded"], collated["image_format"], collated["orig_hw"],
+                               collated["resized_hw"], collated["batch_hw"], collated["flip_width"], device)
+    else:
+        images = collated["images"].to(device, non_blocking=True)
+    return Batch(images=normalize(images), select=_to_device(collated["select"], device),
+                 targets=_to_device(collated["targets"], device), image_ids=collated["image_ids"],
+                 image_sizes=collated["image_sizes"])
+
+
+class _EncodedView(Dataset):
+    """``ds.encoded(i)`` as a dataset (what GPU-path workers return)."""
+
+    def __init__(self, ds: ShardDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.ds.encoded(i)
+
+
+@dataclass
+class ShardLoader:
+    """Iterates batches already on ``device``; on CUDA one batch is prepared ahead on a side stream."""
+
+    loader: DataLoader
+    device: torch.device
+    prefetch: bool = True
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.device.type != "cuda" or not self.prefetch:
+            for collated in self.loader:
+                yield finish_batch(collated, self.device)
+            return
+        stream = torch.cuda.Stream(self.device)
+        pending = None
+        for collated in self.loader:
+            with torch.cuda.stream(stream):
+                ready = finish_batch(collated, self.device)
+            if pending is not None:
+                yield _handoff(pending, stream)
+            pending = ready
+        if pending is not None:
+            yield _handoff(pending, stream)
+
+
+def _handoff(batch: Batch, stream) -> Batch:
+    """Make the current stream wait for ``batch`` and keep its memory alive on it."""
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for t in _tensors(batch):
+        t.record_stream(current)
+    return batch
+
+
+def _tensors(x: Any) -> Iterator[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, Batch):
+        for v in (x.images, x.select, x.targets):
+            yield from _tensors(v)
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _tensors(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _tensors(v)
+
+
+def make_loader(ds: ShardDataset, *, batch_size: int, shuffle: bool = False, sampler=None, num_workers: int = 0,
+                device: str | torch.device = "cpu", drop_last: bool = False, multiprocessing_context=None,
+                prefetch: bool = True, generator: Optional[torch.Generator] = None) -> ShardLoader:
+    """Batches of ``ds`` on ``device`` (the GPU path when ``device`` is CUDA)."""
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    loader = DataLoader(
+        _EncodedView(ds) if gpu else ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
+        sampler=sampler, num_workers=num_workers, collate_fn=Collate(ds.task, ds.strides, encoded=gpu),
+        pin_memory=gpu, drop_last=drop_last, persistent_workers=num_workers > 0,
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None, generator=generator)
+    return ShardLoader(loader, device, prefetch)

@@ -1,0 +1,218 @@
+"""Swin Transformer building blocks (NHWC), numerically equal to torchvision's ``swin_t``.
+
+Layout: feature maps are (B, H, W, C) inside the stages, as in torchvision and timm; windows are
+(B, num_windows, M*M, C) in Swin's ``window_partition`` order. A :class:`WindowGrid` holds what a
+stage's blocks share for one shift (padding, roll, token coordinates, shift regions) and is built
+once per stage and forward, not once per block.
+
+Window attention runs through ``F.scaled_dot_product_attention`` with the relative position bias
+and the shifted-window mask folded into one additive float mask of shape (1, windows * heads, L, L),
+broadcast over the batch: the (windows * heads) axis is a view of the qkv projection, so no
+(B * windows, heads, L, L) mask is ever materialised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+__all__ = ["WindowGrid", "window_partition", "window_reverse", "relative_position_index",
+           "WindowAttention", "Mlp", "SwinBlock", "PatchMerging", "PatchEmbed"]
+
+SHIFT_MASK_VALUE = -100.0  # Swin's (and torchvision's) value for pairs across shift regions
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Window geometry of one (H, W) map for one shift, shared by the blocks of a stage.
+
+    Attributes:
+        height, width: the map (before padding).
+        padded: (Hp, Wp), multiples of the window.
+        window: M.
+        shift: (sy, sx); a dimension whose padded size is <= M is not shifted (torchvision's rule).
+        coords: (N, 2) long, (row, col) of each window-major token in the rolled padded frame.
+        region: (N,) long shift-region id of each token (zeros when unshifted).
+    """
+
+    height: int
+    width: int
+    padded: tuple[int, int]
+    window: int
+    shift: tuple[int, int]
+    coords: Tensor
+    region: Tensor
+
+    @staticmethod
+    def build(height: int, width: int, *, window: int, shift: int, device: torch.device) -> "WindowGrid":
+        padded = (-(-height // window) * window, -(-width // window) * window)
+        shifts = tuple(0 if size <= window else shift for size in padded)
+        rows = torch.arange(padded[0], device=device)
+        cols = torch.arange(padded[1], device=device)
+        row_region = _region_along(rows, padded[0], window, shifts[0])
+        col_region = _region_along(cols, padded[1], window, shifts[1])
+        coords = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)       # (Hp, Wp, 2)
+        region = row_region[:, None] * 3 + col_region[None, :]                          # (Hp, Wp)
+        coords = window_partition(coords[None], window)[0].reshape(-1, 2)
+        region = window_partition(region[None, :, :, None], window)[0].reshape(-1)
+        return WindowGrid(height, width, padded, window, shifts, coords, region)
+
+    @property
+    def num_windows(self) -> int:
+        return (self.padded[0] // self.window) * (self.padded[1] // self.window)
+
+    @property
+    def is_shifted(self) -> bool:
+        return any(self.shift)
+
+    def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
+        """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""
+        x = F.pad(x, (0, 0, 0, self.padded[1] - self.width, 0, self.padded[0] - self.height), value=pad_value)
+        if self.is_shifted:
+            x = torch.roll(x, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
+        return window_partition(x, self.window)
+
+    def from_windows(self, windows: Tensor) -> Tensor:
+        """Inverse of :meth:`to_windows` (drops the padding)."""
+        x = window_reverse(windows, self.window, self.padded)
+        if self.is_shifted:
+            x = torch.roll(x, shifts=self.shift, dims=(1, 2))
+        return x[:, : self.height, : self.width]
+
+    def shift_mask(self) -> Tensor:
+        """(windows, L, L) additive mask: -100 between tokens of different shift regions."""
+        region = self.region.view(self.num_windows, -1)
+        different = region[:, :, None] != region[:, None, :]
+        return different.float() * SHIFT_MASK_VALUE
+
+
+def _region_along(index: Tensor, size: int, window: int, shift: int) -> Tensor:
+    """Swin's three shift regions along one axis: [0, size-M), [size-M, size-shift), [size-shift, size)."""
+    if shift == 0:
+        return torch.zeros_like(index)
+    return (index >= size - window).long() + (index >= size - shift).long()
+
+
+def window_partition(x: Tensor, window: int) -> Tensor:
+    """(B, Hp, Wp, C) -> (B, windows, M*M, C), windows in row-major order."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window, window, width // window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, -1, window * window, channels)
+
+
+def window_reverse(windows: Tensor, window: int, padded: tuple[int, int]) -> Tensor:
+    """(B, windows, M*M, C) -> (B, Hp, Wp, C)."""
+    batch, _, _, channels = windows.shape
+    height, width = padded
+    x = windows.view(batch, height // window, width // window, window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
+
+
+def relative_position_index(window: int) -> Tensor:
+    """(M*M, M*M) index into the ((2M-1)^2, heads) table, as in Swin and torchvision."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return relative[:, :, 0] * (2 * window - 1) + relative[:, :, 1]
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with Swin's relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+
+    def relative_position_bias(self) -> Tensor:
+        """(heads, L, L) bias of every pair of a window."""
+        length = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(length, length, -1).permute(2, 0, 1)
+
+    def forward(self, windows: Tensor, grid: WindowGrid) -> Tensor:
+        """(B, windows, L, C) -> (B, windows, L, C)."""
+        batch, num_windows, length, channels = windows.shape
+        heads = self.num_heads
+        qkv = self.qkv(windows).view(batch, num_windows, length, 3, heads, channels // heads)
+        # (3, B, windows * heads, L, d): windows and heads share one axis so the mask broadcasts over B.
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch, num_windows * heads, length, -1).unbind(0)
+        mask = self.relative_position_bias()[None]                                      # (1, h, L, L)
+        if grid.is_shifted:
+            mask = mask + grid.shift_mask().to(mask.dtype)[:, None]                      # (nW, h, L, L)
+        mask = mask.expand(num_windows, -1, -1, -1).reshape(1, num_windows * heads, length, length)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_aligned(mask.to(q.dtype)))
+        out = out.view(batch, num_windows, heads, length, -1).transpose(2, 3).reshape(windows.shape)
+        return self.proj(out)
+
+
+def _aligned(mask: Tensor) -> Tensor:
+    """The same mask in storage whose last dim is padded to a multiple of 8 (what fused kernels want)."""
+    length = mask.shape[-1]
+    padded = -(-length // 8) * 8
+    return F.pad(mask, (0, padded - length))[..., :length] if padded != length else mask
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm (shifted) window attention and MLP, both residual with stochastic depth."""
+
+    def __init__(self, dim: int, num_heads: int, *, window: int, shifted: bool, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    def forward(self, x: Tensor, grid: WindowGrid, selection=None) -> Tensor:
+        """x (B, H, W, C); ``selection`` is unused (the SPA block's hook)."""
+        attended = grid.from_windows(self.attn(grid.to_windows(self.norm1(x)), grid))
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbours concatenated (odd sizes zero-padded), LayerNorm(4C), Linear 4C -> 2C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[1:3]
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class PatchEmbed(nn.Module):
+    """4x4 stride-4 convolution and LayerNorm; (B, 3, H, W) -> (B, H/4, W/4, C) (floor, as torchvision)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.norm(self.proj(images).permute(0, 2, 3, 1))

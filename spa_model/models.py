@@ -1,0 +1,344 @@
+"""Swin and SPT backbones: dataclass configs, the SPA block, the model, and the model registry.
+
+SPT (the paper's Select and Pack Transformer) is a Swin whose stages listed in
+``SpaConfig.spa_stages`` (default: stages 3 and 4, 0-based ``(2, 3)``) use :class:`SpaBlock`. Both
+share parameter names, so Swin weights load into SPT unchanged (gates start fresh).
+
+Decisions (the README copies them):
+
+* Scores: the first SPA stage holds an ``entry_gate`` (LayerNorm + Linear) on its input, i.e. on
+  stage 2's output r2: s0 at stride 8. Every SPA block computes ``s = max(gate(norm1(r)), s_up)``
+  where ``s_up`` is the *previous stage's* final score map max-pooled (2x2, ceil) to this grid, the
+  same for all blocks of a stage. Eq. 4 defines s_up as the finer scale's map; chaining block to
+  block inside a stage instead would make the selection monotone (a token once kept could never be
+  dropped again by a later block of the stage), inflating the selection ratio.
+* Gate placement: ``r_g = sigmoid(s) * norm1(r)`` is the attention input. Gating before norm1
+  would be undone by the LayerNorm (LN(a r) = LN(r) for a per-token scalar a). The gate reads
+  norm1(r) for the same reason (well-scaled input, no extra norm).
+* Unkept tokens skip attention (residual only); every token goes through the MLP.
+* The shift alternates every block as in Swin (odd blocks shifted by M // 2), disabled per dimension
+  when the padded map is <= M (torchvision's rule). Window padding tokens are never selected
+  (except by the "all" selector, which keeps everything so SPT equals Swin).
+* Containers: per-image (each image's tokens start a fresh container; eval outputs are
+  batch-invariant) by default, ``per_image_containers=False`` for the paper's layout. Relative
+  position inside a container: Swin's table at the clamped offset (see
+  :mod:`spa_model.packed_attention`); ``relative_position=False`` drops the bias in SPA blocks.
+* Capacity (containers allocated per SPA block): ``"exact"`` (one host sync per SPA block),
+  ``"bucket"`` (the same sync, rounded up to 4 steps per octave so torch.compile sees few shapes),
+  or a float r: a static ``ceil(r * max_containers)`` with no host sync (a device assert fires if a
+  selection needs more), which is what CUDA graphs / torch.compile want.
+* Features: ``features[0..2]`` are the raw stage outputs, ``features[3]`` the final-normed stage 4
+  (what torchvision's ``swin_t().features`` + ``norm`` give); layout NCHW.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid
+from .packed_attention import select_pack_attention
+from .packing import max_containers
+from .selection import (AllSelector, GumbelSelector, OracleSelector, SelectionState, Selector,
+                        TopKSelector)
+
+__all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "SpaBlock", "SwinStage", "SwinTransformer",
+           "register_model", "create_model", "list_models"]
+
+
+@dataclass(frozen=True)
+class SpaConfig:
+    """Select and Pack Attention settings (every field is a ``create_model`` override)."""
+
+    spa_stages: tuple[int, ...] = (2, 3)
+    selector: str = "gumbel"                  # gumbel | topk | gt | all (spa_model.selection)
+    threshold: float = 0.01                   # gumbel: keep iff sigmoid((s + g) / tau) > threshold
+    tau: float = 1.0
+    stochastic_eval: bool = False             # gumbel: sample noise in eval too
+    keep_ratio: float = 0.5                   # topk
+    container_len: int | None = None          # None: window ** 2
+    per_image_containers: bool = True         # False: the paper's batch-wide packing
+    capacity: str | float = "exact"           # "exact" | "bucket" | static fraction of the maximum
+    relative_position: bool = True            # Swin's bias (clamped offsets) inside containers
+    backend: str = "auto"                     # packed attention kernel
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Swin architecture; ``spa`` set makes it an SPT."""
+
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.2
+    patch_size: int = 4
+    in_chans: int = 3
+    spa: SpaConfig | None = None
+
+
+@dataclass
+class FeatureOutput:
+    """features: 4 maps (B, C_i, H/s, W/s), s = 4, 8, 16, 32; scores: {stride: [(B, h, w) logits]};
+    select_ratios: one () tensor per SPA block; containers: one () long tensor per SPA block."""
+
+    features: list[Tensor]
+    scores: dict[int, list[Tensor]] = field(default_factory=dict)
+    select_ratios: list[Tensor] = field(default_factory=list)
+    containers: list[Tensor] = field(default_factory=list)
+
+
+_SELECTOR_BUILDERS: dict[str, Callable[[SpaConfig], Selector]] = {
+    "gumbel": lambda spa: GumbelSelector(spa.threshold, spa.tau, spa.stochastic_eval),
+    "topk": lambda spa: TopKSelector(spa.keep_ratio),
+    "gt": lambda spa: OracleSelector(),
+    "all": lambda spa: AllSelector(),
+}
+
+
+def _bucket(count: int) -> int:
+    """Round up to 4 steps per octave (at most 25% slack), so few distinct capacities occur."""
+    if count <= 4:
+        return max(count, 1)
+    step = 1 << (count.bit_length() - 3)
+    return -(-count // step) * step
+
+
+class SpaBlock(SwinBlock):
+    """Swin block whose attention runs on the selected tokens only, packed into containers."""
+
+    def __init__(self, dim: int, num_heads: int, *, window: int, shifted: bool, spa: SpaConfig,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__(dim, num_heads, window=window, shifted=shifted, mlp_ratio=mlp_ratio,
+                         drop_path=drop_path)
+        self.spa = spa
+        self.container_len = spa.container_len or window * window
+        self.gate = nn.Linear(dim, 1)
+
+    def forward(self, x: Tensor, grid: WindowGrid, selection: SelectionState) -> Tensor:
+        tokens = self.norm1(x)
+        selector = selection.selector
+        if selector.uses_gate:
+            scores = self.gate(tokens).squeeze(-1)
+            if selection.s_up is not None:
+                scores = torch.maximum(scores, selection.s_up.to(scores.dtype))
+            chosen = selector(scores, labels=selection.labels, training=self.training)
+            tokens = tokens * torch.sigmoid(scores).unsqueeze(-1)
+            if chosen.weight is not None:  # straight-through: 1/0 forward, gradient to the gate
+                tokens = tokens * chosen.weight.unsqueeze(-1).to(tokens.dtype)
+            keep = chosen.keep
+            selection.record_scores(selection.stride, scores)
+        else:
+            keep = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device)
+        selection.select_ratios.append(keep.float().mean())
+
+        windows = grid.to_windows(tokens)
+        batch, num_windows, length, channels = windows.shape
+        keep_windows = grid.to_windows(keep.unsqueeze(-1).to(torch.uint8), pad_value=selector.keeps_padding)
+        keep_windows = keep_windows.view(batch, num_windows * length).bool()
+        attended, containers = select_pack_attention(
+            windows.reshape(batch, num_windows * length, channels), keep_windows,
+            qkv_weight=self.attn.qkv.weight, qkv_bias=self.attn.qkv.bias,
+            proj_weight=self.attn.proj.weight, proj_bias=self.attn.proj.bias,
+            num_heads=self.attn.num_heads,
+            rel_pos_table=self.attn.relative_position_bias_table if self.spa.relative_position else None,
+            coords=grid.coords, region=grid.region, window=grid.window, container_len=self.container_len,
+            per_image=self.spa.per_image_containers, capacity=self._capacity(keep_windows),
+            backend=self.spa.backend)
+        selection.containers.append(containers)
+        x = x + self.drop_path(grid.from_windows(attended.view(windows.shape)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _capacity(self, keep: Tensor) -> int | None:
+        capacity, per_image, length = self.spa.capacity, self.spa.per_image_containers, self.container_len
+        if capacity == "exact":
+            return None
+        if capacity == "bucket":
+            counts = keep.sum(1)
+            needed = (-(-counts // length)).sum() if per_image else -(-counts.sum() // length)
+            return _bucket(int(needed))
+        batch, num_tokens = keep.shape
+        return max(1, math.ceil(float(capacity) * max_containers(batch, num_tokens, container_len=length,
+                                                                 per_image=per_image)))
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging, then blocks alternating unshifted / shifted windows."""
+
+    def __init__(self, *, dim: int, num_heads: int, window: int, mlp_ratio: float,
+                 drop_paths: list[float], stride: int, downsample: bool, spa: SpaConfig | None,
+                 entry_gate: bool):
+        super().__init__()
+        self.window = window
+        self.stride = stride
+        self.downsample = PatchMerging(dim // 2) if downsample else nn.Identity()
+        # s0: a gate on the previous stage's output (stride / 2), only in the first SPA stage.
+        self.entry_gate = nn.Sequential(nn.LayerNorm(dim // 2), nn.Linear(dim // 2, 1)) if entry_gate else None
+        common = dict(window=window, mlp_ratio=mlp_ratio)
+        self.blocks = nn.ModuleList(
+            SpaBlock(dim, num_heads, shifted=i % 2 == 1, spa=spa, drop_path=p, **common) if spa
+            else SwinBlock(dim, num_heads, shifted=i % 2 == 1, drop_path=p, **common)
+            for i, p in enumerate(drop_paths))
+
+    def forward(self, x: Tensor, selection: SelectionState) -> Tensor:
+        if self.entry_gate is not None and selection.selector.uses_gate:
+            selection.s_up = self.entry_gate(x).squeeze(-1)
+            selection.record_scores(self.stride // 2, selection.s_up)
+        x = self.downsample(x)
+        height, width = x.shape[1:3]
+        grids = [WindowGrid.build(height, width, window=self.window, shift=shift, device=x.device)
+                 for shift in (0, self.window // 2)]
+        selection.stride = self.stride
+        if selection.s_up is not None:
+            selection.s_up = F.max_pool2d(selection.s_up.unsqueeze(1), 2, ceil_mode=True).squeeze(1)
+        for block in self.blocks:
+            x = block(x, grids[block.shifted], selection)
+        stage_scores = selection.scores.get(self.stride)
+        if stage_scores:
+            selection.s_up = stage_scores[-1]
+        return x
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer (and SPT when ``cfg.spa`` is set), NHWC inside, NCHW features out."""
+
+    def __init__(self, cfg: SwinConfig, *, num_classes: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        dims = [cfg.embed_dim * 2 ** i for i in range(len(cfg.depths))]
+        self.feature_channels = dims
+        self.strides = [cfg.patch_size * 2 ** i for i in range(len(cfg.depths))]
+        spa_stages = set(cfg.spa.spa_stages) if cfg.spa else set()
+        first_spa = min(spa_stages, default=None)
+        self.selector = _SELECTOR_BUILDERS[cfg.spa.selector](cfg.spa) if cfg.spa else AllSelector()
+        self.patch_embed = PatchEmbed(cfg.in_chans, cfg.embed_dim, cfg.patch_size)
+        total = sum(cfg.depths)  # stochastic depth grows linearly over all blocks (as torchvision)
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
+        self.stages = nn.ModuleList(
+            SwinStage(dim=dims[i], num_heads=cfg.num_heads[i], window=cfg.window_size,
+                      mlp_ratio=cfg.mlp_ratio, drop_paths=rates[starts[i]:starts[i] + depth],
+                      stride=self.strides[i], downsample=i > 0, spa=cfg.spa if i in spa_stages else None,
+                      entry_gate=i == first_spa and i > 0)
+            for i, depth in enumerate(cfg.depths))
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    def forward_features(self, images: Tensor, select_labels: dict[int, Tensor] | None = None) -> FeatureOutput:
+        """Backbone pass: feature pyramid, gate score maps, selection ratios, containers used."""
+        x = self.patch_embed(images)
+        selection = SelectionState(self.selector, select_labels)
+        features = []
+        for stage in self.stages:
+            x = stage(x, selection)
+            features.append(x)
+        features[-1] = self.norm(x)
+        return FeatureOutput(features=[f.permute(0, 3, 1, 2) for f in features], scores=selection.scores,
+                             select_ratios=selection.select_ratios, containers=selection.containers)
+
+    def forward_head(self, output: FeatureOutput) -> Tensor:
+        """Average-pooled final features through the classifier (pooled features if no head)."""
+        return self.head(output.features[-1].mean(dim=(2, 3)))
+
+    def forward(self, images: Tensor, select_labels: dict[int, Tensor] | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(images, select_labels))
+
+    def load_swin_state_dict(self, state_dict: dict[str, Tensor]):
+        """Load torchvision or official Swin weights (see :func:`spa_model.weights.load_swin_state_dict`)."""
+        from .weights import load_swin_state_dict
+
+        return load_swin_state_dict(self, state_dict)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+_MODELS: dict[str, Callable[..., SwinTransformer]] = {}
+
+SWIN_T = SwinConfig()
+SWIN_S = SwinConfig(depths=(2, 2, 18, 2), drop_path_rate=0.3)
+SWIN_B = SwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
+
+
+def register_model(fn: Callable[..., SwinTransformer]) -> Callable[..., SwinTransformer]:
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, *, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """Build a registered model; ``overrides`` name fields of SwinConfig or SpaConfig."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(list_models())}")
+    return _MODELS[name](num_classes=num_classes, **overrides)
+
+
+def _build(cfg: SwinConfig, num_classes: int, overrides: dict) -> SwinTransformer:
+    swin_fields = {f.name for f in fields(SwinConfig)}
+    spa_fields = {f.name for f in fields(SpaConfig)}
+    unknown = set(overrides) - swin_fields - spa_fields
+    if unknown:
+        raise TypeError(f"unknown model options: {', '.join(sorted(unknown))}")
+    spa_overrides = {k: v for k, v in overrides.items() if k in spa_fields}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if k in swin_fields})
+    if spa_overrides:
+        if cfg.spa is None:
+            raise TypeError(f"options {', '.join(sorted(spa_overrides))} need an SPT model (spt_*)")
+        cfg = replace(cfg, spa=replace(cfg.spa, **spa_overrides))
+    if cfg.spa and cfg.spa.selector not in _SELECTOR_BUILDERS:
+        raise ValueError(f"unknown selector {cfg.spa.selector!r}; expected {', '.join(_SELECTOR_BUILDERS)}")
+    return SwinTransformer(cfg, num_classes=num_classes)
+
+
+@register_model
+def swin_tiny(*, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """Swin-T: C=96, depths (2,2,6,2), heads (3,6,12,24), window 7, drop-path 0.2."""
+    return _build(SWIN_T, num_classes, overrides)
+
+
+@register_model
+def swin_small(*, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """Swin-S: C=96, depths (2,2,18,2), heads (3,6,12,24), window 7, drop-path 0.3."""
+    return _build(SWIN_S, num_classes, overrides)
+
+
+@register_model
+def swin_base(*, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """Swin-B: C=128, depths (2,2,18,2), heads (4,8,16,32), window 7, drop-path 0.5."""
+    return _build(SWIN_B, num_classes, overrides)
+
+
+@register_model
+def spt_tiny(*, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """SPT-T: Swin-T with SPA blocks in stages 3-4 (8 SPA blocks)."""
+    return _build(replace(SWIN_T, spa=SpaConfig()), num_classes, overrides)
+
+
+@register_model
+def spt_small(*, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """SPT-S: Swin-S with SPA blocks in stages 3-4."""
+    return _build(replace(SWIN_S, spa=SpaConfig()), num_classes, overrides)
+
+
+@register_model
+def spt_base(*, num_classes: int = 0, **overrides) -> SwinTransformer:
+    """SPT-B: Swin-B with SPA blocks in stages 3-4."""
+    return _build(replace(SWIN_B, spa=SpaConfig()), num_classes, overrides)

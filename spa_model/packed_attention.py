@@ -1,0 +1,209 @@
+"""Select and Pack Attention: multi-head self-attention over the selected tokens only.
+
+``select_pack_attention`` packs the kept tokens of a batch into containers (see
+:mod:`spa_model.packing`), computes qkv for the packed tokens only, attends inside each container,
+projects, and scatters the result back (exact zeros at unkept tokens).
+
+Attention rule inside a container: token i attends token j iff they belong to the same image AND
+the same shift region (``region``: Swin's shifted-window mask generalised; all zeros for unshifted
+blocks). Allowed pairs get Swin's relative position bias, looked up with the clamped offset
+``(dy, dx) = clip(coords_i - coords_j, -(M-1), M-1)`` in the ``((2M-1)^2, heads)`` table. Tokens
+of one container come from anywhere in the image when the selection is sparse, so the offset can
+exceed the window; clamping keeps the table (and a Swin checkpoint's weights) usable as is. With
+everything kept, ``per_image=True`` and ``container_len = M*M`` the result is exactly Swin's
+(shifted) window attention. ``rel_pos_table=None`` drops the bias (region/image mask only): that
+is the variant whose speed cost ``benchmarks/bench_packed_attention.py`` measures.
+
+Padding slots form their own segment (image -1): they attend each other, never a real token, so no
+softmax row is fully masked and nothing turns NaN; their output is discarded by the scatter.
+
+Gradients reach ``x``, the four linear parameters and ``rel_pos_table`` (autograd for naive/sdpa,
+a Triton backward for triton). ``keep`` is a hard choice: a straight-through gradient to the gate
+is the caller's business (multiply the gated tokens by the 1/0 weight before calling).
+Host syncs: none when ``capacity`` is given (see :mod:`spa_model.packing`).
+
+Backends (``backend=``):
+
+* ``"naive"``: explicit matmul-softmax-matmul per container (any dtype, float64 in tests).
+* ``"sdpa"``: ``F.scaled_dot_product_attention`` on (containers, heads, L, d) with a float mask
+  carrying bias and -inf; on CUDA this is the memory-efficient kernel. Autograd throughout.
+* ``"triton"``: :mod:`spa_model.triton_packed_attention`, a fused kernel that reads q/k/v from the
+  packed qkv projection in place and computes mask and bias on the fly (no (containers, heads, L, L)
+  mask in memory), with a Triton backward.
+* ``"auto"``: triton for float16/bfloat16/float32 on CUDA when it imports and compiles, else sdpa
+  (a failed Triton launch warns once and leaves "auto" on sdpa for the rest of the process).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .packing import PackPlan, plan_packing
+
+__all__ = ["select_pack_attention", "SlotGeometry", "slot_geometry", "container_attention_mask",
+           "packed_attention"]
+
+
+@dataclass(frozen=True)
+class SlotGeometry:
+    """Per-slot keys of the attention rule, (num_containers, L) long each."""
+
+    image: Tensor    # -1 for padding slots
+    region: Tensor   # shift-region id (0 for padding)
+    row: Tensor      # coords in the frame where windows are taken
+    col: Tensor
+
+
+def slot_geometry(plan: PackPlan, *, region: Tensor, coords: Tensor) -> SlotGeometry:
+    """Gather image, region and coordinates of every slot of ``plan``."""
+    num_tokens = region.shape[0]
+    position = plan.token_index.view_as(plan.slot_image) % max(num_tokens, 1)
+    is_pad = plan.slot_image < 0
+    zero = torch.zeros((), dtype=torch.long, device=region.device)
+    return SlotGeometry(
+        image=plan.slot_image,
+        region=torch.where(is_pad, zero, region[position]),
+        row=torch.where(is_pad, zero, coords[position, 0]),
+        col=torch.where(is_pad, zero, coords[position, 1]),
+    )
+
+
+def _relative_index(geometry: SlotGeometry, window: int) -> Tensor:
+    """(containers, L, L) index into the relative-position table of each pair (i, j)."""
+    reach = window - 1
+    dy = (geometry.row[:, :, None] - geometry.row[:, None, :]).clamp(-reach, reach)
+    dx = (geometry.col[:, :, None] - geometry.col[:, None, :]).clamp(-reach, reach)
+    return (dy + reach) * (2 * window - 1) + (dx + reach)
+
+
+def container_attention_mask(geometry: SlotGeometry, *, rel_pos_table: Tensor | None, window: int,
+                             dtype: torch.dtype) -> Tensor:
+    """Additive float mask (containers, heads or 1, L, L): bias where allowed, -inf elsewhere."""
+    allowed = ((geometry.image[:, :, None] == geometry.image[:, None, :])
+               & (geometry.region[:, :, None] == geometry.region[:, None, :]))[:, None]
+    if rel_pos_table is None:
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    else:
+        # Gather from the (heads, table) transpose so the result's last dim is contiguous.
+        bias = rel_pos_table.t().to(dtype)[:, _relative_index(geometry, window)].transpose(0, 1)
+    return bias.masked_fill(~allowed, float("-inf"))
+
+
+def _attend_naive(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    scores = (q * scale) @ k.transpose(-2, -1) + mask
+    return scores.softmax(dim=-1) @ v
+
+
+def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    # The mask is broadcast over heads when it carries no bias.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.expand(-1, q.shape[1], -1, -1),
+                                          scale=scale)
+
+
+def _attend_with_dense_mask(qkv: Tensor, plan: PackPlan, *, attend: Callable[..., Tensor], region: Tensor,
+                            coords: Tensor, num_heads: int, rel_pos_table: Tensor | None, window: int,
+                            scale: float) -> Tensor:
+    num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
+    geometry = slot_geometry(plan, region=region, coords=coords)
+    q, k, v = (qkv.view(plan.num_containers, plan.container_len, 3, num_heads, channels // num_heads)
+               .permute(2, 0, 3, 1, 4).unbind(0))                      # 3 x (containers, heads, L, d)
+    mask = container_attention_mask(geometry, rel_pos_table=rel_pos_table, window=window, dtype=q.dtype)
+    return attend(q, k, v, mask, scale).transpose(1, 2).reshape(num_slots, channels)
+
+
+def _attend_triton(qkv: Tensor, plan: PackPlan, **kwargs) -> Tensor:
+    from .triton_packed_attention import triton_packed_attention
+
+    return triton_packed_attention(qkv, plan, **kwargs)
+
+
+_TRITON_FAILED = False  # set once a Triton launch raised; "auto" then stays on sdpa
+
+
+def _triton_usable(qkv: Tensor) -> bool:
+    if _TRITON_FAILED or qkv.device.type != "cuda" or qkv.dtype not in (torch.float16, torch.bfloat16,
+                                                                        torch.float32):
+        return False
+    try:
+        from . import triton_packed_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _attend_auto(qkv: Tensor, plan: PackPlan, **kwargs) -> Tensor:
+    global _TRITON_FAILED
+    if _triton_usable(qkv):
+        try:
+            return _attend_triton(qkv, plan, **kwargs)
+        except Exception as error:  # a kernel that fails to compile must not stop training
+            _TRITON_FAILED = True
+            warnings.warn(f"triton packed attention failed ({error!r}); using sdpa from now on")
+    return _BACKENDS["sdpa"](qkv, plan, **kwargs)
+
+
+_BACKENDS: dict[str, Callable[..., Tensor]] = {
+    "naive": partial(_attend_with_dense_mask, attend=_attend_naive),
+    "sdpa": partial(_attend_with_dense_mask, attend=_attend_sdpa),
+    "triton": _attend_triton,
+    "auto": _attend_auto,
+}
+
+
+def packed_attention(qkv: Tensor, plan: PackPlan, *, region: Tensor, coords: Tensor, num_heads: int,
+                     rel_pos_table: Tensor | None, window: int, backend: str = "auto") -> Tensor:
+    """Attention inside the containers of ``plan``.
+
+    qkv: (containers * L, 3C) in slot order (the packed tokens' qkv projection) -> (containers * L, C).
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_BACKENDS)}")
+    head_dim = qkv.shape[1] // 3 // num_heads
+    return _BACKENDS[backend](qkv, plan, region=region, coords=coords, num_heads=num_heads,
+                              rel_pos_table=rel_pos_table, window=window, scale=head_dim ** -0.5)
+
+
+def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bias: Tensor | None,
+                          proj_weight: Tensor, proj_bias: Tensor | None, num_heads: int,
+                          rel_pos_table: Tensor | None, coords: Tensor, region: Tensor, window: int,
+                          container_len: int, per_image: bool = True, capacity: int | None = None,
+                          backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Multi-head attention over the kept tokens of ``x``, packed into containers.
+
+    Args:
+        x: (B, N, C) tokens (normalised and gated by the caller).
+        keep: (B, N) bool, the selected tokens.
+        qkv_weight, qkv_bias, proj_weight, proj_bias: the attention's linear layers (3C x C, C x C).
+        num_heads: heads; scale is head_dim ** -0.5.
+        rel_pos_table: ((2M-1)^2, num_heads) relative position bias table, or None for no bias.
+        coords: (N, 2) long (row, col) of each token position in the frame where windows are taken.
+        region: (N,) long shift-region id of each token position (zeros for unshifted blocks).
+        window: M.
+        container_len, per_image, capacity: see :func:`spa_model.packing.plan_packing`.
+        backend: "auto", "sdpa", "naive" or "triton" (see the module docstring).
+
+    Returns:
+        (out, containers_used): out (B, N, C) with exact zeros at unkept tokens; containers_used a
+        () long tensor (containers holding at least one token).
+    """
+    batch, num_tokens, channels = x.shape
+    if batch * num_tokens == 0:
+        return x.new_zeros(batch, num_tokens, proj_weight.shape[0]), keep.new_zeros((), dtype=torch.long)
+    plan = plan_packing(keep, container_len=container_len, per_image=per_image, capacity=capacity)
+    # Padding slots read the last real row instead of a dummy one (no copy of x to append a row):
+    # they only attend each other and their outputs are dropped, so their content is irrelevant.
+    rows = x.reshape(batch * num_tokens, channels)[plan.token_index.clamp(max=batch * num_tokens - 1)]
+    qkv = F.linear(rows, qkv_weight, qkv_bias)                        # qkv of packed tokens only
+    attended = packed_attention(qkv, plan, region=region, coords=coords, num_heads=num_heads,
+                                rel_pos_table=rel_pos_table, window=window, backend=backend)
+    projected = F.linear(attended, proj_weight, proj_bias)
+    # Scatter back with a gather: unkept tokens read an appended zero row.
+    projected = torch.cat([projected, projected.new_zeros(1, projected.shape[1])])
+    out = projected[plan.token_slot].view(batch, num_tokens, -1)
+    return out, plan.containers_used

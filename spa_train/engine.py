@@ -1,0 +1,468 @@
+"""The training loop: ``train(config)`` and ``evaluate_checkpoint(path, shards)``.
+
+One optimizer step consumes ``config.batch_size`` images in all: ``grad_accum_steps``
+micro-batches on each of the ``world_size`` ranks, so a run on two GPUs follows the same
+trajectory as on one with the same global batch (the DDP sampler deals rank r the indices
+r, r + W, ... of the same seeded permutation). Loss = task loss + alpha * selection loss.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, the position (epoch,
+optimizer step, micro-batches consumed in the epoch) and every rank's RNG states; the
+sampler skips what the epoch already consumed. With ``num_workers=0`` a resumed CPU run
+reproduces the uninterrupted one bit for bit (worker processes draw their own seeds).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from spa_data.errors import SpaError
+from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
+from spa_train.config import TrainConfig, build_config, save_config
+from spa_train.distributed import (DistInfo, ResumableSampler, ShareSampler, all_gather_objects, all_reduce_sum,
+                                   barrier, init_distributed, shutdown_distributed)
+from spa_train.logger import MetricsWriter, read_metrics, truncate_metrics
+from spa_train.optim import build_optimizer, build_scheduler
+from spa_train.plots import plot_curves
+from spa_train.runtime import (autocast, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything,
+                               synchronize, use_amp)
+from spa_train.tasks import TASKS, build_task_model
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    step: int = 0          # optimizer steps done
+    consumed: int = 0      # micro-batches of the current epoch already trained on (per rank)
+
+
+def open_shards(path: str, config: TrainConfig, *, train: bool):
+    """A ``ShardDataset`` for ``config.task``; SpaError when the shards hold another task."""
+    from spa_data.loader import ShardDataset
+
+    if not path:
+        raise SpaError("no shards given (--shards DIR)")
+    dataset = ShardDataset(path, select_threshold=config.select_threshold, train=train,
+                           hflip=config.hflip if train else 0.0, masks=config.masks)
+    if dataset.task != config.task:
+        raise SpaError(f"{path}: shards are for task {dataset.task!r}, not {config.task!r} "
+                       f"(pass --task {dataset.task} or other shards)")
+    return dataset
+
+
+def make_batches(dataset, *, batch_size: int, sampler, config: TrainConfig, device: torch.device, drop_last: bool,
+                 generator: Optional[torch.Generator] = None):
+    from spa_data.loader import make_loader
+
+    return make_loader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                       num_workers=config.num_workers, device=device, drop_last=drop_last, generator=generator)
+
+
+class Trainer:
+    """Owns the run: data, model, optimizer, position; ``fit()`` trains to the end."""
+
+    def __init__(self, config: TrainConfig, *, resume_state: Optional[dict] = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.info = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = resolve_device(config.device, local_rank=self.info.local_rank)
+        seed_everything(config.seed, deterministic=config.deterministic, device=self.device)
+        self.task = TASKS[config.task]
+        self.amp = use_amp(config.amp, self.device)
+        self.run_dir = Path(config.out)
+
+        per_step = self.info.world_size * config.grad_accum_steps
+        if config.batch_size % per_step:
+            raise SpaError(f"config: batch_size {config.batch_size} is not divisible by world size x "
+                           f"grad_accum_steps = {per_step}")
+        self.micro_batch = config.batch_size // per_step
+
+        self.train_set = open_shards(config.shards, config, train=True)
+        self.val_set = open_shards(config.val_shards, config, train=False) if config.val_shards else None
+        if self.val_set is not None and list(self.val_set.classes) != list(self.train_set.classes):
+            raise SpaError(f"{config.val_shards}: classes differ from the training shards' ({config.shards})")
+        self.sampler = ResumableSampler(self.train_set, info=self.info, shuffle=True, seed=config.seed, drop_last=True)
+        # the DataLoader draws its worker seeds from this generator, not from the global RNG
+        self.loader_rng = torch.Generator()
+        self.loader = make_batches(self.train_set, batch_size=self.micro_batch, sampler=self.sampler, config=config,
+                                   device=self.device, drop_last=True, generator=self.loader_rng)
+        self.micro_per_epoch = (self.sampler.num_samples // self.micro_batch) // config.grad_accum_steps \
+            * config.grad_accum_steps
+        if self.micro_per_epoch == 0:
+            raise SpaError(f"{config.shards}: {len(self.train_set)} images are fewer than one batch of "
+                           f"{config.batch_size}; lower batch_size")
+        steps_per_epoch = self.micro_per_epoch // config.grad_accum_steps
+        self.total_steps = steps_per_epoch * config.epochs          # the lr schedule's length
+        self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
+
+        model = build_task_model(config, self.train_set).to(self.device)
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
+        self.position = Position()
+        self.best: Optional[float] = None
+        self.pending_rng: Optional[dict] = None
+        if resume_state is not None:
+            self._restore(model, resume_state)
+        self.model = self._wrap(model)
+        self.writer = MetricsWriter(self.run_dir, enabled=self.info.is_main)
+        self.val_loader = None
+        self.stop_requested = False
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.info.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # the detector's RPN/ROI heads may leave parameters unused on images without objects
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                              find_unused_parameters=self.config.task == "det")
+        if self.config.compile:
+            model = torch.compile(model)
+        return model
+
+    def _restore(self, model: torch.nn.Module, state: dict) -> None:
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.position = Position(**state["position"])
+        self.best = state.get("best")
+        ranks = state["rng"]
+        self.pending_rng = ranks[self.info.rank] if len(ranks) == self.info.world_size else None
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``epochs`` or ``max_steps``; returns the last epoch's metrics row."""
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+            if self.position.step and (self.run_dir / "metrics.jsonl").is_file():
+                truncate_metrics(self.run_dir / "metrics.jsonl", after_step=self.position.step)
+                self.writer = MetricsWriter(self.run_dir, enabled=True)
+        last_row: dict[str, Any] = {}
+        with self._stop_on_signals():
+            while self.position.epoch < self.config.epochs and self.position.step < self.stop_step:
+                last_row = self._train_epoch()
+                if self.stop_requested:
+                    self._save("last.pt")
+                    self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
+                              f"continue with --resume {self.run_dir / 'last.pt'}")
+                    break
+        if self.info.is_main and not plot_curves(read_metrics(self.run_dir / "metrics.jsonl"),
+                                                 self.run_dir / "curves.png", metric=f"val/{self.task.metric}"):
+            self._say("matplotlib is not installed: no curves.png")
+        self.writer.close()
+        barrier(self.info)
+        return last_row
+
+    def _train_epoch(self) -> dict[str, Any]:
+        config, pos = self.config, self.position
+        self.model.train()
+        self.sampler.set_epoch(pos.epoch, start=pos.consumed * self.micro_batch)
+        self.loader_rng.manual_seed(config.seed * 10_007 + pos.epoch * 101 + self.info.rank)
+        if self.pending_rng is not None:  # resuming: continue every RNG where the checkpoint left it
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        iterator = iter(self.loader)
+
+        totals = EpochTotals(self.device)
+        reset_peak_memory(self.device)
+        start, images_seen = time.perf_counter(), 0
+        bar = tqdm(total=self.micro_per_epoch // config.grad_accum_steps, initial=pos.consumed // config.grad_accum_steps,
+                   desc=f"epoch {pos.epoch + 1}/{config.epochs}", disable=None if config.progress and self.info.is_main else True,
+                   dynamic_ncols=True, leave=False)
+        accum = StepAccumulator(self.device)
+        for batch in iterator:
+            if pos.consumed >= self.micro_per_epoch:
+                break
+            is_last_micro = (pos.consumed + 1) % config.grad_accum_steps == 0
+            with self._no_sync(not is_last_micro):
+                out, loss, task_loss, select_loss = self._forward_loss(batch)
+                (loss / config.grad_accum_steps).backward()
+            accum.add(loss, task_loss, select_loss)
+            totals.add(out, batch)
+            pos.consumed += 1
+            images_seen += len(batch.image_ids) * self.info.world_size
+            if is_last_micro:
+                stats = self._optimizer_step(accum)
+                accum = StepAccumulator(self.device)
+                bar.update(1)
+                if pos.step % config.log_interval == 0 or pos.step == self.stop_step:
+                    bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                    self.writer.log({"kind": "step", "epoch": pos.epoch + pos.consumed / self.micro_per_epoch,
+                                     "step": pos.step, **stats})
+                if config.checkpoint_interval and pos.step % config.checkpoint_interval == 0:
+                    self._save("last.pt")
+                if self.stop_requested or pos.step >= self.stop_step:
+                    break
+        bar.close()
+        synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        if self.stop_requested:
+            return {}
+        complete = pos.consumed >= self.micro_per_epoch   # else stopped early by max_steps
+        epoch_done = pos.epoch + (1 if complete else pos.consumed / self.micro_per_epoch)
+        row = {"kind": "epoch", "epoch": epoch_done, "step": pos.step,
+               "lr": self.optimizer.param_groups[0]["lr"], "img_s": images_seen / max(elapsed, 1e-9),
+               "peak_mem_mb": peak_memory_mb(self.device), "epoch_time_s": elapsed,
+               **totals.compute(self.info, prefix="train/")}
+        if complete:
+            pos.epoch, pos.consumed = pos.epoch + 1, 0
+        if self.val_set is not None and (not complete or pos.epoch % config.eval_interval == 0
+                                         or pos.epoch == config.epochs):
+            with _rng_untouched():  # validating or not never changes the training trajectory
+                row.update(self.validate())
+        self.writer.log(row)
+        self._say(_summary_line(row, self.task.metric))
+        self._save("last.pt")
+        metric = row.get(f"val/{self.task.metric}")
+        if metric is not None and (self.best is None or metric > self.best):
+            self.best = metric
+            self._save("best.pt")
+        return row
+
+    def _forward_loss(self, batch):
+        with autocast(self.device, self.amp):
+            images = batch.images.contiguous(memory_format=torch.channels_last) if self.config.channels_last \
+                else batch.images
+            return training_loss(self.model, batch, alpha=self.config.alpha, images=images)
+
+    def _optimizer_step(self, accum: "StepAccumulator") -> dict[str, float]:
+        pos = self.position
+        flags = torch.tensor([float(self.stop_requested)], device=self.device)
+        loss, task_loss, select_loss, count, stop = all_reduce_sum(torch.cat([accum.values, flags]), self.info).tolist()
+        if not math.isfinite(loss):
+            raise SpaError(f"non-finite loss ({loss}) at step {pos.step + 1} (epoch {pos.epoch + 1}): training stopped; "
+                           f"the last good checkpoint is {self.run_dir / 'last.pt'}"
+                           + ("" if (self.run_dir / "last.pt").is_file() else " (none written yet)"))
+        self.stop_requested = stop > 0
+        grad_norm = math.nan
+        if self.config.clip_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        pos.step += 1
+        return {"loss": loss / count, "task_loss": task_loss / count, "select_loss": select_loss / count,
+                "grad_norm": grad_norm, "lr": lr}
+
+    def validate(self) -> dict[str, Any]:
+        if self.val_loader is None:  # built once: its workers persist between validations
+            self.val_loader = make_batches(self.val_set, batch_size=self.config.eval_batch_size or self.micro_batch,
+                                           sampler=ShareSampler(len(self.val_set), self.info), config=self.config,
+                                           device=self.device, drop_last=False)
+        return evaluate(unwrap_model(self.model), self.val_loader, task=self.config.task, dataset=self.val_set,
+                        device=self.device, amp=self.amp, info=self.info, progress=self.config.progress)
+
+    # --- checkpoints and signals ----------------------------------------------------------
+
+    def _save(self, name: str) -> None:
+        ranks_rng = all_gather_objects(rng_state(), self.info)
+        if self.info.is_main:
+            state = {"config": self.config.to_dict(), "model": unwrap_model(self.model).state_dict(),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "position": asdict(self.position), "best": self.best, "rng": ranks_rng,
+                     "classes": list(self.train_set.classes)}
+            save_checkpoint(state, self.run_dir / name)
+        barrier(self.info)
+
+    @contextmanager
+    def _stop_on_signals(self):
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _no_sync(self, skip_sync: bool):
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if skip_sync and no_sync is not None else nullcontext()
+
+    def _say(self, text: str) -> None:
+        if self.info.is_main:
+            tqdm.write(text)
+
+
+@contextmanager
+def _rng_untouched():
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+class StepAccumulator:
+    """Loss sums over the micro-batches of one optimizer step, kept on the device (no sync)."""
+
+    def __init__(self, device: torch.device):
+        self.values = torch.zeros(4, device=device)
+
+    def add(self, loss, task_loss, select_loss) -> None:
+        self.values += torch.stack([loss.detach(), task_loss.detach(), select_loss.detach(),
+                                    torch.ones((), device=self.values.device)])
+
+
+class EpochTotals:
+    """Per-block select ratios (model) and positive-cell ratios (labels), averaged over batches."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.ratio_sum: Optional[torch.Tensor] = None
+        self.label_sum: dict[int, torch.Tensor] = {}
+        self.batches = 0
+        self.stages: list[int] = []
+
+    def add(self, out: dict, batch) -> None:
+        ratios = out.get("select_ratios") or []
+        if ratios:
+            stacked = torch.stack([r.detach().float() for r in ratios])
+            self.ratio_sum = stacked if self.ratio_sum is None else self.ratio_sum + stacked
+            self.stages = _block_stages(out["scores"], len(ratios))
+        for stride, labels in batch.select.items():
+            self.label_sum[stride] = self.label_sum.get(stride, 0) + labels.float().mean()
+        self.batches += 1
+
+    def compute(self, info: DistInfo, *, prefix: str) -> dict[str, float]:
+        if not self.batches:
+            return {}
+        strides = sorted(self.label_sum)
+        parts = [torch.stack([self.label_sum[s] for s in strides]).to(self.device),
+                 torch.tensor([float(self.batches)], device=self.device)]
+        if self.ratio_sum is not None:
+            parts.insert(0, self.ratio_sum.to(self.device))
+        summed = all_reduce_sum(torch.cat(parts), info).tolist()
+        batches = summed[-1]
+        row: dict[str, float] = {}
+        if self.ratio_sum is not None:
+            ratios = [v / batches for v in summed[: len(self.ratio_sum)]]
+            row.update({f"{prefix}select_ratio/block{i}": r for i, r in enumerate(ratios)})
+            row.update({f"{prefix}select_ratio/stage{stage}": _mean([r for r, s in zip(ratios, self.stages) if s == stage])
+                        for stage in sorted(set(self.stages))})
+            row[f"{prefix}select_ratio/mean"] = _mean(ratios)
+        labels = summed[len(self.ratio_sum) if self.ratio_sum is not None else 0:-1]
+        row.update({f"{prefix}label_ratio/s{s}": v / batches for s, v in zip(strides, labels)})
+        return row
+
+
+def _block_stages(scores: dict, num_blocks: int) -> list[int]:
+    """Stage of each SPA block: stride-16 gates are stage 3 blocks, stride-32 gates stage 4 blocks."""
+    stages = [3] * len(scores.get(16, [])) + [4] * len(scores.get(32, []))
+    return stages if len(stages) == num_blocks else [0] * num_blocks
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def training_loss(model: torch.nn.Module, batch, *, alpha: float, images: Optional[torch.Tensor] = None):
+    """(model output, task loss + alpha x selection loss, task loss, selection loss) of one batch."""
+    import spa_model
+
+    out = model(batch.images if images is None else images, batch.select, batch.targets, batch.image_sizes)
+    task_loss = out["task_loss"].float()
+    select_loss = spa_model.selection_loss(out["scores"], batch.select).float()  # 0 for Swin (no gates)
+    return out, task_loss + alpha * select_loss, task_loss, select_loss
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torch.device, amp: bool,
+             info: DistInfo, progress: bool = True) -> dict[str, Any]:
+    """Validation metrics (prefixed ``val/``), select and label ratios, FLOPs per image."""
+    import spa_model
+
+    was_training = model.training
+    model.eval()
+    meter = TASKS[task].meter(dataset)
+    totals = EpochTotals(device)
+    flops_sum = 0.0
+    backbone = _backbone_of(model)
+    start, images = time.perf_counter(), 0
+    for batch in tqdm(loader, desc="eval", disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True):
+        with autocast(device, amp):
+            out = model(batch.images, batch.select, None, batch.image_sizes)
+        meter.update(out["predictions"], batch)
+        totals.add(out, batch)
+        images += len(batch.image_ids)
+        # analytic MACs per image from the containers this batch actually used
+        flops_sum += spa_model.count_flops(backbone, out["backbone_output"]).total * len(batch.image_ids)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    model.train(was_training)
+    images_all, elapsed_all, flops_all = all_reduce_sum(
+        torch.tensor([float(images), elapsed, flops_sum], dtype=torch.float64, device=device), info).tolist()
+    metrics = {f"val/{k}": v for k, v in meter.compute(info).items()}
+    metrics.update(totals.compute(info, prefix="val/"))
+    metrics["val/gmacs_per_image"] = flops_all / max(images_all, 1) / 1e9
+    metrics["val/img_s"] = images_all / max(elapsed_all / info.world_size, 1e-9)
+    return metrics
+
+
+def _backbone_of(model: torch.nn.Module) -> torch.nn.Module:
+    return unwrap_model(model).backbone
+
+
+def _summary_line(row: dict, metric: str) -> str:
+    parts = [f"epoch {row['epoch']}", f"step {row['step']}"]
+    for key in (f"val/{metric}", "train/select_ratio/mean", "val/gmacs_per_image", "img_s", "peak_mem_mb", "lr"):
+        if row.get(key) is not None:
+            parts.append(f"{key} {row[key]:.4g}")
+    return "  ".join(parts)
+
+
+# --- entry points -------------------------------------------------------------------------
+
+def train(config: TrainConfig, *, resume: Optional[str | Path] = None) -> dict[str, Any]:
+    """Train (or continue, from a checkpoint or run directory) and return the last epoch's metrics."""
+    state = load_checkpoint(resolve_resume_path(resume)) if resume else None
+    try:
+        return Trainer(config, resume_state=state).fit()
+    finally:
+        shutdown_distributed()
+
+
+def resolve_resume_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its ``last.pt``)."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def config_from_checkpoint(path: str | Path) -> dict:
+    """The plain config values a checkpoint was trained with."""
+    return dict(load_checkpoint(resolve_resume_path(path))["config"])
+
+
+def evaluate_checkpoint(checkpoint: str | Path, shards: str, *, device: str = "auto", batch_size: int = 16,
+                        num_workers: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Evaluation only: the checkpoint's model on ``shards`` (of the same task and classes)."""
+    state = load_checkpoint(checkpoint)
+    values = dict(state["config"], device=device, num_workers=num_workers, progress=progress, val_shards=shards)
+    config = build_config(values)
+    torch_device = resolve_device(config.device)
+    info = init_distributed(torch_device.type)
+    try:
+        dataset = open_shards(shards, config, train=False)
+        if list(dataset.classes) != list(state.get("classes", dataset.classes)):
+            raise SpaError(f"{shards}: classes differ from those {checkpoint} was trained on")
+        model = build_task_model(config, dataset)
+        model.load_state_dict(state["model"])
+        model.to(torch_device)
+        loader = make_batches(dataset, batch_size=batch_size, sampler=ShareSampler(len(dataset), info),
+                              config=config, device=torch_device, drop_last=False)
+        return evaluate(model, loader, task=config.task, dataset=dataset, device=torch_device,
+                        amp=use_amp(config.amp, torch_device), info=info, progress=progress)
+    finally:
+        shutdown_distributed()

@@ -1,0 +1,217 @@
+"""The three tasks: how a backbone becomes a trainable model, its loss, and its evaluation.
+
+Every task model has the same signature, ``model(images, select, targets=None, image_sizes=None)``
+-> dict with ``predictions`` (eval) or ``task_loss`` (training, when targets are given), plus the
+backbone's ``scores`` and ``select_ratios``, so one DDP-wrapped forward serves the trainer, and
+the trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spa_data.errors import SpaError
+from spa_train.config import TrainConfig
+from spa_train.detection import build_detector
+from spa_train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
+from spa_train.metrics import mean_average_precision, topk_correct
+
+
+class Classifier(nn.Module):
+    """Backbone + its classification head; ``loss_fn(logits, targets)`` is the task loss."""
+
+    def __init__(self, backbone: nn.Module, *, loss_fn: Callable, oracle_selection: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.loss_fn = loss_fn
+        self.oracle_selection = oracle_selection
+
+    def forward(self, images, select, targets=None, image_sizes=None) -> dict[str, Any]:
+        features = self.backbone.forward_features(images, select_labels=select if self.oracle_selection else None)
+        logits = self.backbone.forward_head(features)
+        out = {"predictions": logits, "scores": features.scores, "select_ratios": features.select_ratios}
+        if targets is not None:
+            out["task_loss"] = self.loss_fn(logits, targets)
+        if not self.training:
+            out["backbone_output"] = features  # for spa_model.count_flops
+        return out
+
+
+class Detector(nn.Module):
+    """torchvision R-CNN around the backbone; training returns the summed R-CNN losses."""
+
+    def __init__(self, backbone: nn.Module, *, num_classes: int, masks: bool, oracle_selection: bool,
+                 detector_args: Optional[dict] = None):
+        super().__init__()
+        self.backbone = backbone
+        self.detector = build_detector(backbone, num_classes=num_classes, masks=masks, **(detector_args or {}))
+        self.oracle_selection = oracle_selection
+
+    def forward(self, images, select, targets=None, image_sizes=None) -> dict[str, Any]:
+        adapter = self.detector.backbone.body
+        adapter.select_labels = select if self.oracle_selection else None
+        sizes = image_sizes or [tuple(images.shape[-2:])] * len(images)
+        crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes)]
+        if self.training:
+            losses = self.detector(crops, [_trainable(t) for t in targets])
+            out = {"task_loss": sum(losses.values()), "loss_parts": {k: v.detach() for k, v in losses.items()}}
+        else:
+            out = {"predictions": self.detector(crops), "backbone_output": adapter.last_output}
+        features = adapter.last_output
+        return {**out, "scores": features.scores, "select_ratios": features.select_ratios}
+
+
+def _trainable(target: dict) -> dict:
+    """torchvision has no notion of crowd regions: train on the non-crowd objects only."""
+    if "iscrowd" not in target:
+        return target
+    keep = target["iscrowd"] == 0
+    return {k: (v[keep] if k in ("boxes", "labels", "masks") else v) for k, v in target.items()}
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+class AccuracyMeter:
+    """Top-1 / top-5 accuracy in percent, exact across ranks (summed counts)."""
+
+    def __init__(self):
+        self.counts = torch.zeros(3, dtype=torch.float64)
+
+    def update(self, predictions, batch) -> None:
+        labels = batch.targets
+        hits = topk_correct(predictions.float(), labels, (1, 5)).cpu()
+        self.counts += torch.cat([hits, torch.tensor([float(len(labels))], dtype=torch.float64)])
+
+    def compute(self, info: DistInfo) -> dict[str, float]:
+        top1, top5, n = all_reduce_sum(self.counts.to(_reduce_device(info)), info).tolist()
+        return {"top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "images": int(n)}
+
+
+class MultiLabelMeter:
+    """mAP in percent over the classes with positives (see ``spa_train.metrics``)."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        self.scores: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, predictions, batch) -> None:
+        self.scores.append(predictions.float().sigmoid().cpu())
+        self.targets.append(batch.targets.cpu())
+
+    def compute(self, info: DistInfo) -> dict[str, float]:
+        gathered = all_gather_objects((torch.cat(self.scores), torch.cat(self.targets)), info)
+        scores = torch.cat([s for s, _ in gathered])
+        targets = torch.cat([t for _, t in gathered])
+        mean_ap, per_class = mean_average_precision(scores, targets)
+        return {"mAP": 100 * mean_ap, "images": len(scores),
+                **{f"AP/{name}": 100 * ap for name, ap in zip(self.classes, per_class)}}
+
+
+class CocoMeter:
+    """COCOeval (bbox, and segm when the shards have masks) in percent, on rank 0, then shared."""
+
+    def __init__(self, *, num_classes: int, category_ids, masks: bool):
+        from spa_train.coco_eval import CocoEvaluator  # pycocotools: needed for detection only
+
+        self.evaluator = CocoEvaluator(num_classes=num_classes, category_ids=category_ids,
+                                       iou_types=("bbox", "segm") if masks else ("bbox",))
+
+    def update(self, predictions, batch) -> None:
+        for image_id, target, prediction, size in zip(batch.image_ids, batch.targets, predictions, batch.image_sizes):
+            ground_truth = {"boxes": target["boxes"], "categories": target["labels"] - 1,
+                            "masks": target.get("masks"), "iscrowd": target.get("iscrowd")}
+            self.evaluator.add(image_id, ground_truth, {k: v.cpu() for k, v in prediction.items()}, size=tuple(size))
+
+    def compute(self, info: DistInfo) -> dict[str, float]:
+        states = all_gather_objects(self.evaluator.state(), info)
+        stats = None
+        if info.is_main:
+            self.evaluator.merge(states)
+            stats = {k: 100 * v if v >= 0 else v for k, v in self.evaluator.summarize().items()}
+            stats["images"] = len(self.evaluator.images)
+        return broadcast_object(stats, info)
+
+
+def _reduce_device(info: DistInfo) -> torch.device:
+    """NCCL reduces CUDA tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if info.enabled and torch.cuda.is_available() \
+        and torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+# --- the task registry ----------------------------------------------------------------------
+
+# ``--selector spa`` is the paper's Gumbel selection; the others are spa_model's names too.
+SELECTOR_NAMES = {"spa": "gumbel", "topk": "topk", "gt": "gt", "all": "all"}
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between tasks; looked up by name in ``TASKS``."""
+
+    name: str
+    metric: str                                   # the validation metric that picks best.pt
+    heads: bool                                   # backbone built with a classification head
+    build: Callable[..., nn.Module]               # (backbone, dataset, config) -> task model
+    meter: Callable[..., Any]                     # (dataset) -> meter with update/compute
+
+
+def _build_classifier(backbone, dataset, config: TrainConfig) -> nn.Module:
+    loss = lambda logits, label: F.cross_entropy(logits.float(), label, label_smoothing=config.label_smoothing)
+    return Classifier(backbone, loss_fn=loss, oracle_selection=config.selector == "gt")
+
+
+def _build_multilabel(backbone, dataset, config: TrainConfig) -> nn.Module:
+    loss = lambda logits, labels: F.binary_cross_entropy_with_logits(logits.float(), labels)
+    return Classifier(backbone, loss_fn=loss, oracle_selection=config.selector == "gt")
+
+
+def _build_detector(backbone, dataset, config: TrainConfig) -> nn.Module:
+    return Detector(backbone, num_classes=dataset.num_classes, masks=dataset_has_masks(dataset),
+                    oracle_selection=config.selector == "gt",
+                    detector_args={"fpn_channels": config.fpn_channels,
+                                   "mask_head_channels": config.mask_head_channels, **config.detector_args})
+
+
+def dataset_has_masks(dataset, *, probe: int = 64) -> bool:
+    """Whether the shards carry instance masks (Mask R-CNN) or only boxes (Faster R-CNN).
+
+    Decided from the first ``probe`` samples' stored masks (BDD det labels have none, COCO's do).
+    """
+    if not getattr(dataset, "with_masks", True):
+        return False
+    return any(any(len(r) for r in dataset.raw(i)["rles"]) for i in range(min(len(dataset), probe)))
+
+
+TASKS: dict[str, Task] = {
+    "cls": Task("cls", "top1", True, _build_classifier, lambda ds: AccuracyMeter()),
+    "multilabel": Task("multilabel", "mAP", True, _build_multilabel, lambda ds: MultiLabelMeter(list(ds.classes))),
+    "det": Task("det", "bbox_AP", False, _build_detector,
+                lambda ds: CocoMeter(num_classes=ds.num_classes, category_ids=ds.category_ids,
+                                     masks=dataset_has_masks(ds))),
+}
+
+
+def build_task_model(config: TrainConfig, dataset) -> nn.Module:
+    """The backbone ``config.model`` (spa_model) wrapped for ``config.task``; SpaError when they do not fit."""
+    import spa_model
+
+    task = TASKS[config.task]
+    names = list(spa_model.list_models())
+    if config.model not in names:
+        close = difflib.get_close_matches(config.model, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(names)}"
+        raise SpaError(f"unknown model {config.model!r}{hint}")
+    kwargs = dict(config.model_args)
+    if config.selector != "spa":  # SPT's default is the paper's; Swin has no selector and refuses one
+        kwargs["selector"] = SELECTOR_NAMES[config.selector]
+    try:
+        backbone = spa_model.create_model(config.model, num_classes=dataset.num_classes if task.heads else 0, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpaError(f"model {config.model!r} does not fit: {e} (selector {config.selector!r}, "
+                       f"model_args {config.model_args})") from None
+    return task.build(backbone, dataset, config)

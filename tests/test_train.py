@@ -1,0 +1,159 @@
+"""Training on demo shards made by the real chain (demo data -> spa-data build -> spa-data labels).
+
+Checks: the loss of each task is finite and falls on a fixed batch; a run resumed from a
+mid-epoch checkpoint ends with exactly the parameters of an uninterrupted run (CPU); a
+non-finite loss stops with a clear message and keeps the last good checkpoint; two gloo
+processes follow one process with the same global batch; SIGTERM saves and exits 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli.data import main as spa_data
+from spa_data.errors import SpaError
+from spa_data.loader import make_loader
+from spa_train.checkpoint import load_checkpoint
+from spa_train.config import resolve_config
+from spa_train.engine import open_shards, train, training_loss
+from spa_train.tasks import build_task_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2], drop_path_rate: 0.1}"
+SMALL_DETECTOR = ["fpn_channels=16", "mask_head_channels=8",
+                  "detector_args={rpn_batch_size_per_image: 32, box_batch_size_per_image: 16, "
+                  "rpn_pre_nms_top_n_train: 100, rpn_post_nms_top_n_train: 50, rpn_pre_nms_top_n_test: 50, "
+                  "rpn_post_nms_top_n_test: 25, box_detections_per_img: 10}"]
+SUBSETS = {  # name: (subset recipe, demo dataset folder, split, labels --size)
+    "in-s-train": ("in-s", "tiny-imagenet-200", "train", None),
+    "voc-s-train": ("voc-s", "VOCdevkit/VOC2012", "train", "96,96"),
+    "coco-s-val": ("coco-s", "coco", "val", "96,64"),
+    "bdd-s-val": ("bdd-s", "bdd100k", "val", "96,64"),
+}
+
+
+def build_shards(demo_root: Path, out: Path, name: str) -> Path:
+    """``spa-data build`` then ``spa-data labels``, as a user would."""
+    recipe, folder, split, size = SUBSETS[name]
+    subset = out / name
+    if not (subset / "shards" / "index.json").is_file():
+        spa_data(["build", recipe, "--root", str(demo_root / folder), "--split", split, "--out", str(subset)])
+        spa_data(["labels", str(subset), *(["--size", size] if size else [])])
+    return subset / "shards"
+
+
+@pytest.fixture(scope="module")
+def shards(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    return lambda name: build_shards(demo_root, out, name)
+
+
+@pytest.mark.parametrize("name, task, extra", [
+    ("in-s-train", "cls", []),
+    ("voc-s-train", "multilabel", []),
+    ("coco-s-val", "det", SMALL_DETECTOR),      # masks: Mask R-CNN
+    ("bdd-s-val", "det", [*SMALL_DETECTOR, "masks=false"]),       # boxes only: Faster R-CNN
+])
+def test_loss_is_finite_and_falls_on_a_fixed_batch(shards, name, task, extra):
+    torch.manual_seed(0)
+    config = resolve_config(None, [TINY.replace("0.1", "0.0"), *extra], task=task, shards=str(shards(name)))
+    dataset = open_shards(config.shards, config, train=False)
+    model = build_task_model(config, dataset)
+    if task == "det":
+        assert model.detector.roi_heads.has_mask() == (name == "coco-s-val")
+    batch = next(iter(make_loader(dataset, batch_size=4)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(6):
+        _, loss, _, select_loss = training_loss(model, batch, alpha=0.01)
+        assert select_loss > 0                       # SPT gates are trained against the labels
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def _config(shards_dir: Path, out: Path, *extra: str):
+    return resolve_config(None, [TINY, "batch_size=4", "epochs=2", "num_workers=0", "warmup_steps=1",
+                                 "progress=false", *extra], task="cls", model="spt_tiny",
+                          shards=str(shards_dir), out=str(out))
+
+
+def test_resume_is_exact_and_a_nonfinite_loss_keeps_the_last_good_checkpoint(shards, tmp_path):
+    data = shards("in-s-train")
+    train(_config(data, tmp_path / "straight", "max_steps=3"))
+
+    train(_config(data, tmp_path / "split", "max_steps=1"))      # stops mid-epoch, saves last.pt
+    last = tmp_path / "split" / "last.pt"
+    good = last.read_bytes()
+    base = load_checkpoint(last)["config"]
+    with pytest.raises(SpaError, match=r"non-finite loss \(nan\) at step 2 \(epoch 1\).*last\.pt"):
+        train(resolve_config(None, ["alpha=.nan", "max_steps=3"], base=base), resume=last)
+    assert last.read_bytes() == good                              # untouched by the failed run
+    train(resolve_config(None, ["max_steps=3"], base=base), resume=tmp_path / "split")
+
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(last)
+    assert resumed["position"] == straight["position"] == {"epoch": 0, "step": 3, "consumed": 3}
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == sorted(set(steps))                            # a resumed run never logs a step twice
+
+
+def _cli(*args: str) -> list[str]:
+    return [*args, "-m", "cli.train", "--task", "cls", "--model", "spt_tiny", TINY.replace("0.1", "0.0"),
+            "batch_size=8", "epochs=1", "num_workers=0", "warmup_steps=1", "progress=false", "device=cpu"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_follow_one_process_with_the_same_global_batch(shards, tmp_path):
+    # hflip off and the oracle selector: no per-rank randomness, so only float summation order differs
+    common = ["--shards", str(shards("in-s-train")), "--selector", "gt", "hflip=0.0", "max_steps=3"]
+    one = subprocess.run([sys.executable, *_cli(), *common, "--out", str(tmp_path / "one")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731"]
+    two = subprocess.run([*torchrun, *_cli(), *common, "--out", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    loss = [[json.loads(l)["loss"] for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "step"' in l] for run in ("one", "two")]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(shards, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, *_cli(), "--shards", str(shards("in-s-train")), "--out", str(run),
+                             "log_interval=1", "epochs=50"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted: saved" in out + err
+    state = load_checkpoint(run / "last.pt")
+    assert state["position"]["step"] >= 1 and state["position"]["epoch"] == 0

@@ -1,0 +1,135 @@
+"""`spa-train` end to end on demo shards, its config handling, and bad input (one line, exit 1)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cli.data import main as spa_data
+from cli.train import main as spa_train
+from spa_train.config import TrainConfig, resolve_config
+
+TINY = "model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2]}"
+
+
+@pytest.fixture(scope="module")
+def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
+    """IN-S train and val shards made with `spa-data build` and `spa-data labels`."""
+    out = tmp_path_factory.mktemp("in-s")
+    for split in ("train", "val"):
+        spa_data(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
+                  "--out", str(out / split)])
+        spa_data(["labels", str(out / split)])
+    return {"train": out / "train", "val": out / "val"}
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    try:
+        spa_train(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_then_eval_end_to_end(capsys, in_s, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--val-shards", str(in_s["val"]),
+                                      "--task", "cls", "--model", "spt_tiny", "--out", str(run), TINY,
+                                      "batch_size=8", "epochs=1", "max_steps=3", "num_workers=0", "progress=false"])
+    assert code == 0, err
+    assert f"{run}: done at step 3" in out
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in rows if r["kind"] == "epoch"][-1]
+    for key in ("val/top1", "val/top5", "train/select_ratio/stage3", "train/select_ratio/stage4",
+                "train/label_ratio/s16", "val/gmacs_per_image", "img_s", "peak_mem_mb", "lr"):
+        assert key in epoch, key
+    assert 0.0 < epoch["train/label_ratio/s8"] < 0.5          # IN-S: the image is a quarter of the canvas
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("kind,epoch,step,")
+
+    # the saved config reproduces the run's settings
+    saved = resolve_config(run / "config.yaml")
+    assert saved == resolve_config(None, [TINY, "batch_size=8", "epochs=1", "max_steps=3", "num_workers=0",
+                                          "progress=false"], shards=str(in_s["train"]), val_shards=str(in_s["val"]),
+                                   task="cls", model="spt_tiny", out=str(run))
+
+    code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(run / "best.pt"), "--shards", str(in_s["val"]),
+                                      "--num-workers", "0", "--json", str(tmp_path / "eval.json")])
+    assert code == 0, err
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["val/images"] == 30
+    assert result["val/top1"] == pytest.approx(epoch["val/top1"])   # same weights, same images
+
+
+def test_bench_reports_throughput_and_macs(capsys, tmp_path):
+    code, out, err = run_cli(capsys, ["bench", "--model", "swin_tiny", "--size", "64", "64", "--batch", "2",
+                                      "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json"),
+                                      "embed_dim=8", "depths=[1, 1, 2, 2]", "num_heads=[1, 1, 2, 2]"])
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["infer_img_s"] > 0 and result["train_img_s"] > 0
+    # patch embedding alone: (64/4)^2 positions x 8 channels x (3*16 + 1) MACs
+    assert result["gmacs_per_image"] * 1e9 > 16 * 16 * 8 * 49
+
+
+def test_config_precedence_and_round_trip(tmp_path):
+    (tmp_path / "c.toml").write_text('lr = 0.1\nepochs = 3\nmodel = "swin_tiny"\n')
+    config = resolve_config(tmp_path / "c.toml", ["lr=0.2", "model_args.embed_dim=8", "betas=[0.9, 0.95]"],
+                            model="spt_tiny", task=None)
+    assert (config.lr, config.epochs, config.model, config.model_args, config.betas) == \
+        (0.2, 3, "spt_tiny", {"embed_dim": 8}, (0.9, 0.95))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    assert resolve_config(tmp_path / "c.yaml") == config
+    assert TrainConfig().alpha == 0.01 and TrainConfig().selector == "spa"
+
+
+def _foreign_checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, path)
+    return path
+
+
+BAD = {
+    "other task": (lambda d, t: ["--shards", str(d["train"]), "--task", "det", "--model", "spt_tiny"],
+                   "shards are for task 'cls', not 'det'"),
+    "unknown key": (lambda d, t: ["--shards", str(d["train"]), "--task", "cls", "lr_warmup=5"],
+                    "unknown config key 'lr_warmup' (did you mean 'warmup_steps'?)"),
+    "bad value": (lambda d, t: ["--shards", str(d["train"]), "epochs=many"], "config key 'epochs': expected an integer"),
+    "not key=value": (lambda d, t: ["--shards", str(d["train"]), "lr"], "override 'lr': expected key=value"),
+    "unknown model": (lambda d, t: ["--shards", str(d["train"]), "--model", "spt_tiyn", "--out", str(t / "r")],
+                      "unknown model 'spt_tiyn' (did you mean 'spt_tiny'?)"),
+    "model does not fit": (lambda d, t: ["--shards", str(d["train"]), "--model", "swin_tiny", "--selector", "topk",
+                                         "--out", str(t / "r")], "model 'swin_tiny' does not fit"),
+    "missing shards": (lambda d, t: ["--shards", str(t / "nowhere"), "--task", "cls"], "nowhere"),
+    "missing config": (lambda d, t: ["--config", str(t / "none.yaml")], "none.yaml: config file not found"),
+    "missing checkpoint": (lambda d, t: ["eval", "--checkpoint", str(t / "gone.pt"), "--shards", str(d["val"])],
+                           "gone.pt: checkpoint not found"),
+    "foreign checkpoint": (lambda d, t: ["eval", "--checkpoint", str(_foreign_checkpoint(t)), "--shards", str(d["val"])],
+                           "foreign.pt: not a spa-train checkpoint"),
+    "not a checkpoint": (lambda d, t: ["eval", "--checkpoint", str(d["val"] / "manifest.jsonl"), "--shards",
+                                       str(d["val"])], "manifest.jsonl: not a spa-train checkpoint"),
+    "missing resume": (lambda d, t: ["--resume", str(t / "run-that-never-was")], "checkpoint not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_exit_1(capsys, in_s, tmp_path, case):
+    make_args, message = BAD[case]
+    code, out, err = run_cli(capsys, make_args(in_s, tmp_path))
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_asking_for_a_missing_gpu(capsys, in_s):
+    code, _, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--device", "cuda"])
+    assert code == 1 and err == "error: --device cuda: no CUDA device is available " \
+                                "(torch.cuda.is_available() is False)\n"
