@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spa_model.packed_attention import packed_attention, select_pack_attention
+from spa_model.packed_attention import pack_rows, packed_attention, select_pack_attention, unpack_rows
 from spa_model.packing import plan_packing
 
 
@@ -109,10 +109,10 @@ def build_cases(args, ratio: float, device):
                                              backend=backend, **common)[0]
 
     def pack(plan):
-        return x.reshape(-1, channels)[plan.token_index.clamp(max=batch * num_tokens - 1)]
+        return pack_rows(x.reshape(-1, channels), plan)
 
     def scatter(rows, plan):
-        return torch.cat([rows, rows.new_zeros(1, channels)])[plan.token_slot].view(batch, num_tokens, channels)
+        return unpack_rows(rows, plan).view(batch, num_tokens, channels)
 
     def packed_unmasked():  # the same op with the attention rule dropped: the ceiling
         plan = plan_packing(keep, container_len=length, capacity=capacity)
@@ -183,8 +183,8 @@ def time_case(fn, leaves, *, graphs: bool) -> dict:
 
 
 SWEEP = [  # (forward warps, heads per program), (backward warps, heads per program)
-    ((4, 1), (8, 1)), ((4, 1), (4, 1)), ((2, 1), (4, 1)), ((8, 1), (8, 1)),
-    ((4, 2), (8, 2)), ((4, 3), (8, 3)), ((4, 4), (8, 4)), ((4, 6), (8, 6)), ((8, 4), (16, 4)),
+    ((2, 1), (8, 6)), ((4, 1), (8, 1)), ((2, 1), (4, 1)), ((1, 1), (4, 6)), ((2, 2), (8, 4)),
+    ((4, 3), (8, 3)), ((4, 6), (8, 6)), ((2, 1), (8, 12)), ((2, 1), (16, 6)),
 ]
 
 

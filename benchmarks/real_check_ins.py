@@ -4,7 +4,9 @@ Builds IN-S (each 64x64 image at the upper left of a black 128x128 canvas) from 
 root with `spa-data build` and `spa-data labels`, trains every model with one recipe, and
 reports top-1 / top-5, the select ratio per SPA stage against the labels' positive-cell ratio
 at that stage's stride (the paper: about 23% selected where a quarter of the canvas is image),
-backbone MACs per image (spa_model's counter; Swin's "FLOPs") and img/s.
+backbone MACs per image (spa_model's counter; Swin's "FLOPs") and img/s. Both models get the
+same number of epochs: at most --epochs, and no more than fit --budget-s per model, as measured
+by a one-epoch probe run of each (default: ~2.5 minutes per model plus the probes).
 
     PYTHONPATH=. python3 benchmarks/real_check_ins.py --fixtures /work/shared/fixtures --out /tmp/real
     PYTHONPATH=. python3 benchmarks/real_check_ins.py --fixtures ... --out ... --quick   (CPU smoke run)
@@ -18,6 +20,7 @@ import argparse
 import datetime
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,13 +29,11 @@ import torch
 import torchvision
 
 from cli.data import main as spa_data
-from spa_train.bench import bench_model
 from spa_train.config import resolve_config
 from spa_train.engine import train
 
-RECIPE = ["lr=1e-3", "min_lr=1e-5", "weight_decay=0.05", "label_smoothing=0.1", "warmup_steps=50", "alpha=0.01",
+RECIPE = ["lr=1e-3", "min_lr=1e-5", "weight_decay=0.05", "label_smoothing=0.1", "alpha=0.01",
           "clip_grad_norm=5.0", "eval_interval=5", "progress=false"]
-LOOP_EFFICIENCY = 0.5
 QUICK = ["model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2]}", "max_steps=2", "num_workers=0",
          "warmup_steps=1"]
 
@@ -60,25 +61,25 @@ def build_in_s(root: Path, out: Path) -> dict[str, Path]:
 def pick_epochs(models: list[str], shards: dict[str, Path], args) -> int:
     """The most epochs (<= --epochs) that fit --budget-s per model, the same for every model.
 
-    From a probe of the slowest model's synthetic training step at the IN-S size (an untrained
-    SPT gate keeps nearly every token: its slowest case), with half of that speed assumed for
-    the whole loop (loader, head, validation).
+    From a one-epoch probe run of each model (wall time, warm-up, validation and checkpoint
+    included, so the estimate errs on the short side).
     """
     if args.quick:
         return args.epochs
-    slowest = min(bench_model(m, size=(128, 128), batch=args.batch_size, device=args.device, steps=5)["train_img_s"]
-                  for m in models)
-    images = json.loads((shards["train"] / "index.json").read_text())["num_samples"]
-    fit = int(args.budget_s * LOOP_EFFICIENCY * slowest / images)
-    print(f"probe: slowest train step {slowest:.0f} img/s -> {fit} epochs fit {args.budget_s:.0f} s", flush=True)
+    probe = argparse.Namespace(**{**vars(args), "epochs": 1})
+    slowest = max(train_model(model, shards, args.out / "probe", probe)["wall_s"] for model in models)
+    fit = int(args.budget_s / slowest)
+    print(f"probe: slowest epoch {slowest:.1f} s -> {fit} epochs fit {args.budget_s:.0f} s", flush=True)
     return max(1, min(args.epochs, fit))
 
 
 def train_model(model: str, shards: dict[str, Path], out: Path, args) -> dict:
     overrides = [*RECIPE, f"epochs={args.epochs}", f"batch_size={args.batch_size}", f"num_workers={args.num_workers}",
-                 *(QUICK if args.quick else [])]
+                 *(QUICK if args.quick else []), *args.set]
+    run_dir = out / "runs" / model
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output: every check starts from scratch
     config = resolve_config(None, overrides, task="cls", model=model, shards=str(shards["train"]),
-                            val_shards=str(shards["val"]), out=str(out / "runs" / model), device=args.device)
+                            val_shards=str(shards["val"]), out=str(run_dir), device=args.device)
     start = time.perf_counter()
     row = train(config)
     row["wall_s"] = time.perf_counter() - start
@@ -93,6 +94,8 @@ def summarise(model: str, row: dict) -> dict:
         "select_stage3": pick("val/select_ratio/stage3"), "label_s16": pick("val/label_ratio/s16"),
         "select_stage4": pick("val/select_ratio/stage4"), "label_s32": pick("val/label_ratio/s32"),
         "label_s8": pick("val/label_ratio/s8"), "gmacs_per_image": pick("val/gmacs_per_image"),
+        "train_select_stage3": pick("train/select_ratio/stage3"),   # with Gumbel noise, last epoch
+        "train_select_stage4": pick("train/select_ratio/stage4"),
         "train_img_s": pick("img_s"), "eval_img_s": pick("val/img_s"), "peak_mem_mb": pick("peak_mem_mb"),
         "wall_s": row.get("wall_s"),
     }
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="Tiny models, two steps: a CPU smoke run.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="A config override applied to every model (after the recipe); repeatable.")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,8 @@ def main() -> None:
     info = machine()
     args.epochs = pick_epochs(args.models, shards, args)
     results = [summarise(model, train_model(model, shards, args.out, args)) for model in args.models]
-    report = {"machine": info, "recipe": RECIPE, "epochs": args.epochs, "budget_s": args.budget_s, "batch_size": args.batch_size,
+    report = {"machine": info, "recipe": RECIPE, "epochs": args.epochs, "budget_s": args.budget_s,
+              "batch_size": args.batch_size, "overrides": args.set,
               "quick": args.quick, "results": results}
     (args.out / "real_check_ins.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(results, info, args)

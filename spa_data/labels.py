@@ -8,7 +8,9 @@ How: the union is a piecewise-constant region on a rectilinear partition (the pi
 for masks; the box edges for boxes). Its summed-area table ``S`` is bilinear between
 partition edges, so ``S`` at the cell corners is an exact separable linear interpolation,
 and the area in a cell is the four-corner difference. All strides share the corners of
-the finest one. No loops over cells; no rasterisation at canvas resolution.
+the finest one. No loops over cells; no rasterisation at canvas resolution. Masks are
+not decoded either: ``S`` comes exactly from the runs of the merged RLE, at only the pixel
+edges the interpolation reads (about a fifth of them at COCO's 1.67x upscale).
 
 Stored as uint8 ``q = ceil(255 * coverage - 1e-6)`` (clipped to 0..255): any covered
 area gives ``q >= 1`` (the 1e-6 only absorbs float round-off), a fully covered cell 255.
@@ -27,45 +29,93 @@ _ROUNDOFF = 1e-6
 
 
 @dataclass(frozen=True)
-class PixelMask:
-    """A union that is exactly a decoded (h, w) mask (its summed-area table is the pixel integral)."""
+class MaskRuns:
+    """A union of masks as its runs of object pixels, ``[starts, ends)`` in pycocotools'
+    column-major flat order (pixel (x, y) is ``x * height + y``) of a height x width image."""
 
-    mask: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    height: int
+    width: int
 
 
-Region = Union[PixelMask, tuple[np.ndarray, np.ndarray, np.ndarray]]   # or (x_edges, y_edges, table)
+Region = Union[MaskRuns, tuple[np.ndarray, np.ndarray, np.ndarray]]   # or (x_edges, y_edges, table)
 
 
 def region_from_objects(objects: Sequence[dict], width: int, height: int, *, use_masks: bool = True,
                         crowd: bool = True) -> Optional[Region]:
     """The union of objects in original pixels; ``None`` when there is none.
 
-    ``objects`` are annotation dicts (``box``, ``mask``, ``iscrowd``). Masks alone give a
-    ``PixelMask``; boxes (with or without masks) give ``(x_edges, y_edges, summed_area_table)``
+    ``objects`` are annotation dicts (``box``, ``mask``, ``iscrowd``). Masks alone give
+    ``MaskRuns``; boxes (with or without masks) give ``(x_edges, y_edges, summed_area_table)``
     on the partition of the box edges (and pixel edges).
     """
     objects = [o for o in objects if crowd or not o.get("iscrowd")]
     rles = [o["mask"] for o in objects if use_masks and o.get("mask") is not None]
-    boxes = np.array([o["box"] for o in objects if not (use_masks and o.get("mask") is not None)],
-                     dtype=np.float64).reshape(-1, 4)
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    boxes = _clipped_boxes([o["box"] for o in objects if not (use_masks and o.get("mask") is not None)],
+                           width, height)
     if not rles and not len(boxes):
         return None
     if not rles:
         return _box_region(boxes)
-    mask = union_mask(rles)
-    return _mixed_region(mask, boxes) if len(boxes) else PixelMask(mask)
+    if len(boxes):
+        return _mixed_region(union_mask(rles), boxes)
+    merged = _merge(rles)
+    starts, ends = _runs_of_ones(rle_counts(merged["counts"]))
+    return MaskRuns(starts, ends, *merged["size"])
+
+
+def _clipped_boxes(boxes: list, width: int, height: int) -> np.ndarray:
+    """(n, 4) boxes clipped to the image, those left without area dropped."""
+    if not boxes:
+        return np.empty((0, 4))
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+
+def _merge(rles: Sequence[dict]) -> dict:
+    """The union of compressed RLEs as one compressed RLE (pycocotools)."""
+    from pycocotools import mask as mask_utils  # only where masks exist: box-only subsets and the loader go without
+
+    rles = [dict(r, counts=r["counts"].encode()) if isinstance(r["counts"], str) else r for r in rles]
+    return rles[0] if len(rles) == 1 else mask_utils.merge(rles, intersect=0)
 
 
 def union_mask(rles: Sequence[dict]) -> np.ndarray:
     """Decode the union of compressed RLEs to an (h, w) uint8 mask (pycocotools)."""
-    from pycocotools import mask as mask_utils  # only where masks exist: box-only subsets and the loader go without
+    from pycocotools import mask as mask_utils
 
-    rles = [dict(r, counts=r["counts"].encode()) if isinstance(r["counts"], str) else r for r in rles]
-    merged = rles[0] if len(rles) == 1 else mask_utils.merge(rles, intersect=0)
-    return mask_utils.decode(merged)
+    return mask_utils.decode(_merge(rles))
+
+
+def rle_counts(counts: Union[str, bytes]) -> np.ndarray:
+    """Run lengths of a compressed COCO RLE string: pycocotools' ``rleFrString``, vectorised.
+
+    Each count is little-endian 5-bit groups in chars ``48 + g`` (``+ 32`` = more groups follow;
+    bit 16 of the last group = negative); counts from the third on are deltas to the one two back.
+    """
+    chars = np.frombuffer(counts.encode() if isinstance(counts, str) else counts, np.uint8) - np.uint8(48)
+    if not len(chars):
+        return np.zeros(0, dtype=np.int64)
+    last = np.flatnonzero(chars < 32)
+    first = np.empty_like(last)
+    first[0], first[1:] = 0, last[:-1] + 1
+    shift = 5 * (np.arange(len(chars)) - np.repeat(first, last - first + 1))
+    x = np.add.reduceat((chars & 31).astype(np.int64) << shift, first)
+    x -= (chars[last] & 16).astype(bool) << (shift[last] + 5)        # sign-extend the last group
+    x[1::2] = x[1::2].cumsum()
+    x[2::2] = x[2::2].cumsum()
+    return x
+
+
+def _runs_of_ones(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-empty runs of ones ``[starts, ends)`` from RLE counts (runs alternate, zeros first)."""
+    edges = counts.cumsum()
+    starts, ends = edges[0:-1:2], edges[1::2]
+    keep = ends > starts
+    return starts[keep], ends[keep]
 
 
 def _box_region(boxes: np.ndarray):
@@ -96,8 +146,10 @@ def _mixed_region(mask: np.ndarray, boxes: np.ndarray):
 def _table(occupied: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Summed-area table at the partition edges of an occupancy grid with cell sizes diff(xs), diff(ys)."""
     table = np.zeros((len(ys), len(xs)), dtype=np.float64)
-    area = occupied * np.diff(ys)[:, None] * np.diff(xs)[None, :]
-    table[1:, 1:] = area.cumsum(0).cumsum(1)
+    area = table[1:, 1:]
+    np.multiply(occupied, np.diff(ys)[:, None], out=area)
+    area *= np.diff(xs)[None, :]
+    area.cumsum(0, out=area).cumsum(1, out=area)
     return table
 
 
@@ -108,18 +160,82 @@ def _lerp_weights(edges: np.ndarray, points: np.ndarray):
     return i, f
 
 
+def _pixel_weights(points: np.ndarray, n: int):
+    """``_lerp_weights`` along the pixel edges 0..n, for points >= 0: the same values, no search."""
+    i = np.minimum(points.astype(np.int64), n - 1)
+    return i, np.minimum(points - i, 1.0)
+
+
 def _interpolate(table: np.ndarray, row_edges, row_points, col_edges, col_points) -> np.ndarray:
-    """Separable linear interpolation of a C-contiguous table, rows first (gathering whole rows)."""
+    """Separable linear interpolation of a C-contiguous table, rows first."""
     i, f = _lerp_weights(row_edges, row_points)
-    rows = table[i].astype(np.float64)
-    rows += f[:, None] * (table[i + 1] - rows)
     j, g = _lerp_weights(col_edges, col_points)
+    return _lerp(table, i, i + 1, f, j, j + 1, g)
+
+
+def _lerp(table: np.ndarray, i, i_next, f, j, j_next, g) -> np.ndarray:
+    """Rows ``i + f * (i_next - i)`` (gathering whole rows), then columns likewise, in float64."""
+    rows = table[i].astype(np.float64)
+    rows += f[:, None] * (table[i_next] - rows)
     out = rows[:, j]
-    out += g[None, :] * (rows[:, j + 1] - out)
+    out += g[None, :] * (rows[:, j_next] - out)
     return out
 
 
-def coverage(region: Optional[Region], layout: Layout, width: int, height: int, strides: Sequence[int]) -> dict[int, np.ndarray]:
+def _mask_corners(runs: MaskRuns, width: int, height: int, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
+    """Object-pixel area left of ``qx`` and above ``qy`` ((len(qx), len(qy))): the pixel integral
+    image, interpolated, evaluated only at the pixel edges the interpolation reads."""
+    i, f = _pixel_weights(qx, width)
+    j, g = _pixel_weights(qy, height)
+    cols, i, i_next = _used_edges(i, width)
+    rows, j, j_next = _used_edges(j, height)
+    return _lerp(_integral_at(runs, cols, rows), i, i_next, f, j, j_next, g)
+
+
+def _used_edges(i: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted edges ``i`` and ``i + 1`` (of 0..n), and where ``i`` and ``i + 1`` sit among them."""
+    used = np.zeros(n + 1, dtype=bool)
+    used[i] = True
+    used[i + 1] = True
+    rank = used.cumsum() - 1
+    return np.flatnonzero(used), rank[i], rank[i + 1]
+
+
+def _integral_at(runs: MaskRuns, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Exact ``S[X, Y]`` = object pixels with x < X and y < Y, for X in ``cols``, Y in ``rows`` (sorted).
+
+    Cut at column bottoms, each run is pieces [r0, r1) of single columns c; a piece adds
+    (Y - r0)+ - (Y - r1)+ to S[X, Y] for every X > c. So S[X, Y] = sum of w * (Y - r) over events
+    (c, r, w) with c < X and r < Y: w = +1 at a piece's top, -1 at its bottom (never needed at
+    r1 = height, as Y <= height). Binned at the query edges, sum(w) and sum(w * r) are 2-D prefix
+    sums (cv2.integral) of integers, so exact.
+    """
+    import cv2  # here, not at the top: the loader imports this module and must not need cv2
+
+    h = runs.height
+    col0, row0 = np.divmod(runs.starts, h)
+    col1, row1 = np.divmod(runs.ends, h)
+    wraps = (runs.ends - 1) // h - col0                  # column bottoms a run passes
+    restarts = np.arange(wraps.sum()) + np.repeat(col0 + 1 - (wraps.cumsum() - wraps), wraps)
+    ended = row1 > 0
+    event_cols = np.concatenate([col0, restarts, col1[ended]])
+    event_rows = np.concatenate([row0, np.zeros_like(restarts), row1[ended]])
+    weight = np.ones(len(event_cols))
+    weight[len(col0) + len(restarts):] = -1.0
+    # float32 is 3x faster and exact while every partial sum and product (<= pixel count) < 2**24.
+    dtype = np.float32 if runs.width * h < 2**24 else np.float64
+    shape = (len(cols) + 1, len(rows) + 1)
+    bins = np.searchsorted(cols, event_cols, "right") * shape[1] + np.searchsorted(rows, event_rows, "right")
+
+    def prefix_sums(values):
+        hist = np.bincount(bins, values, minlength=shape[0] * shape[1]).astype(dtype).reshape(shape)
+        return cv2.integral(hist, sdepth=cv2.CV_32F if dtype is np.float32 else cv2.CV_64F)[1:-1, 1:-1]
+
+    return rows.astype(dtype) * prefix_sums(weight) - prefix_sums(weight * event_rows)
+
+
+def coverage(region: Optional[Region], layout: Layout, width: int, height: int,
+             strides: Sequence[int]) -> dict[int, np.ndarray]:
     """Float64 coverage in [0, 1] of every cell, ``{stride: (H/stride, W/stride)}``."""
     canvas_w, canvas_h = layout.canvas
     finest = min(strides)
@@ -130,27 +246,27 @@ def coverage(region: Optional[Region], layout: Layout, width: int, height: int, 
     # Cell corners of the finest grid, in original pixels.
     qx = np.arange(canvas_w // finest + 1) * (finest / kx)
     qy = np.arange(canvas_h // finest + 1) * (finest / ky)
-    if isinstance(region, PixelMask):
-        import cv2  # here, not at the top: the loader imports this module and must not need cv2
-
-        # Exact pixel counts at every pixel corner, of the transposed (C-contiguous) view of
-        # pycocotools' Fortran-ordered mask; so interpolate along x first, then transpose back.
-        table_t = cv2.integral(region.mask.T, sdepth=cv2.CV_32S)
-        corners = _interpolate(table_t, np.arange(width + 1.0), qx, np.arange(height + 1.0), qy).T
+    if isinstance(region, MaskRuns):
+        corners = _mask_corners(region, width, height, qx, qy).T
     else:
         xs, ys, table = region
         corners = _interpolate(table, ys, qy, xs, qx)
     out = {}
     for s in strides:
         c = corners[:: s // finest, :: s // finest]
-        area = c[1:, 1:] - c[:-1, 1:] - c[1:, :-1] + c[:-1, :-1]
-        out[s] = (area * (kx * ky / (s * s))).clip(0.0, 1.0)
+        area = c[1:, 1:] - c[:-1, 1:]
+        area -= c[1:, :-1]
+        area += c[:-1, :-1]
+        area *= kx * ky / (s * s)
+        out[s] = area.clip(0.0, 1.0, out=area)
     return out
 
 
 def quantize(cov: np.ndarray) -> np.ndarray:
     """Coverage -> uint8 with any covered area >= 1 (see module docstring)."""
-    return np.ceil(cov * 255.0 - _ROUNDOFF).clip(0, 255).astype(np.uint8)
+    q = cov * 255.0
+    q -= _ROUNDOFF
+    return np.ceil(q, out=q).clip(0, 255, out=q).astype(np.uint8)
 
 
 def threshold_code(select_threshold: float) -> int:

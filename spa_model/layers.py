@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 __all__ = ["WindowGrid", "window_partition", "window_reverse", "relative_position_index",
-           "WindowAttention", "Mlp", "SwinBlock", "PatchMerging", "PatchEmbed"]
+           "WindowAttention", "autocast_input", "Mlp", "SwinBlock", "PatchMerging", "PatchEmbed"]
 
 SHIFT_MASK_VALUE = -100.0  # Swin's (and torchvision's) value for pairs across shift regions
 
@@ -70,7 +70,8 @@ class WindowGrid:
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""
-        x = F.pad(x, (0, 0, 0, self.padded[1] - self.width, 0, self.padded[0] - self.height), value=pad_value)
+        if self.padded != (self.height, self.width):
+            x = F.pad(x, (0, 0, 0, self.padded[1] - self.width, 0, self.padded[0] - self.height), value=pad_value)
         if self.is_shifted:
             x = torch.roll(x, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
         return window_partition(x, self.window)
@@ -160,6 +161,15 @@ def _aligned(mask: Tensor) -> Tensor:
     return F.pad(mask, (0, padded - length))[..., :length] if padded != length else mask
 
 
+def autocast_input(x: Tensor) -> Tensor:
+    """Cast to the autocast dtype now rather than in the next linear: the same values, but the
+    pad / roll / partition copies in between move half the bytes (LayerNorm autocasts to float32)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -186,7 +196,7 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, grid: WindowGrid, selection=None) -> Tensor:
         """x (B, H, W, C); ``selection`` is unused (the SPA block's hook)."""
-        attended = grid.from_windows(self.attn(grid.to_windows(self.norm1(x)), grid))
+        attended = grid.from_windows(self.attn(grid.to_windows(autocast_input(self.norm1(x))), grid))
         x = x + self.drop_path(attended)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid
+from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid, autocast_input
 from .packed_attention import select_pack_attention
 from .packing import max_containers
 from .selection import (AllSelector, GumbelSelector, OracleSelector, SelectionState, Selector,
@@ -138,7 +138,7 @@ class SpaBlock(SwinBlock):
             keep = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device)
         selection.select_ratios.append(keep.float().mean())
 
-        windows = grid.to_windows(tokens)
+        windows = grid.to_windows(autocast_input(tokens))
         batch, num_windows, length, channels = windows.shape
         keep_windows = grid.to_windows(keep.unsqueeze(-1).to(torch.uint8), pad_value=selector.keeps_padding)
         keep_windows = keep_windows.view(batch, num_windows * length).bool()

@@ -46,8 +46,8 @@ from torch import Tensor
 
 from .packing import PackPlan, plan_packing
 
-__all__ = ["select_pack_attention", "SlotGeometry", "slot_geometry", "container_attention_mask",
-           "packed_attention"]
+__all__ = ["select_pack_attention", "packed_attention", "pack_rows", "unpack_rows", "SlotGeometry",
+           "slot_geometry", "container_attention_mask"]
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,11 @@ def container_attention_mask(geometry: SlotGeometry, *, rel_pos_table: Tensor | 
     if rel_pos_table is None:
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     else:
-        # Gather from the (heads, table) transpose so the result's last dim is contiguous.
-        bias = rel_pos_table.t().to(dtype)[:, _relative_index(geometry, window)].transpose(0, 1)
+        # embedding, not indexing: its backward reduces the many hits per table entry by sorted
+        # segments, where an accumulating index_put serialises them (measured on an H200 with
+        # indexing: 2.9 ms forward+backward with the bias against 0.45 ms without).
+        bias = F.embedding(_relative_index(geometry, window), rel_pos_table.to(dtype))
+        bias = bias.permute(0, 3, 1, 2).contiguous()  # (containers, heads, L, L), last dim contiguous
     return bias.masked_fill(~allowed, float("-inf"))
 
 
@@ -196,14 +199,33 @@ def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bi
     if batch * num_tokens == 0:
         return x.new_zeros(batch, num_tokens, proj_weight.shape[0]), keep.new_zeros((), dtype=torch.long)
     plan = plan_packing(keep, container_len=container_len, per_image=per_image, capacity=capacity)
-    # Padding slots read the last real row instead of a dummy one (no copy of x to append a row):
-    # they only attend each other and their outputs are dropped, so their content is irrelevant.
-    rows = x.reshape(batch * num_tokens, channels)[plan.token_index.clamp(max=batch * num_tokens - 1)]
-    qkv = F.linear(rows, qkv_weight, qkv_bias)                        # qkv of packed tokens only
+    qkv = F.linear(pack_rows(x.reshape(batch * num_tokens, channels), plan), qkv_weight, qkv_bias)
     attended = packed_attention(qkv, plan, region=region, coords=coords, num_heads=num_heads,
                                 rel_pos_table=rel_pos_table, window=window, backend=backend)
-    projected = F.linear(attended, proj_weight, proj_bias)
-    # Scatter back with a gather: unkept tokens read an appended zero row.
-    projected = torch.cat([projected, projected.new_zeros(1, projected.shape[1])])
-    out = projected[plan.token_slot].view(batch, num_tokens, -1)
-    return out, plan.containers_used
+    out = unpack_rows(F.linear(attended, proj_weight, proj_bias), plan)
+    return out.view(batch, num_tokens, -1), plan.containers_used
+
+
+def pack_rows(rows: Tensor, plan: PackPlan) -> Tensor:
+    """(B * N, C) token rows -> (containers * L, C) in slot order.
+
+    Padding slots read arbitrary distinct real rows instead of a dummy one (no copy of ``rows`` to
+    append a row): they only attend each other, their outputs are dropped and their gradient is
+    zero. Distinct rows keep the backward's ``index_add`` free of hot-spot collisions.
+    """
+    total = rows.shape[0]
+    spread = torch.arange(plan.token_index.shape[0], device=rows.device) % total
+    return rows.index_select(0, torch.where(plan.token_index < total, plan.token_index, spread))
+
+
+def unpack_rows(packed: Tensor, plan: PackPlan) -> Tensor:
+    """(containers * L, C) -> (B * N, C): kept tokens get their slot's row, the others exact zeros.
+
+    ``index_copy`` into a zero buffer with one dummy row for padding slots: its backward is a plain
+    gather. (Gathering from the packed rows plus an appended zero row instead needs an accumulating
+    backward in which every unkept token collides on that row; CUDA serialises it: the op's
+    forward+backward took 28 ms on an H200 in the benchmark, against 1.5 ms for dense windows.)
+    """
+    total = plan.token_slot.shape[0]
+    out = packed.new_zeros(total + 1, packed.shape[1]).index_copy(0, plan.token_index, packed)
+    return out[:total]

@@ -58,7 +58,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100
+    warmup_steps: Optional[int] = None      # linear warm-up; None: 5% of the schedule
     clip_grad_norm: Optional[float] = 5.0   # None: no clipping
     label_smoothing: float = 0.0            # cls only
     alpha: float = 0.01                     # weight of the selection loss (paper: 0.01)
@@ -88,6 +88,7 @@ class TrainConfig:
     eval_interval: int = 1                  # epochs between validations
     checkpoint_interval: int = 0            # steps between last.pt writes (0: each epoch end only)
     progress: bool = True                   # tqdm bars on stderr
+    curves: bool = True                     # curves.png at the end of the run
 
     def __post_init__(self):
         _check_choice("task", self.task, TASKS)
@@ -99,7 +100,7 @@ class TrainConfig:
                 raise SpaError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise SpaError(f"config: max_steps must be >= 1, got {self.max_steps}")
-        if self.checkpoint_interval < 0 or self.warmup_steps < 0 or self.num_workers < 0:
+        if self.checkpoint_interval < 0 or (self.warmup_steps or 0) < 0 or self.num_workers < 0:
             raise SpaError("config: checkpoint_interval, warmup_steps and num_workers must be >= 0")
         if not 0.0 <= self.hflip <= 1.0:
             raise SpaError(f"config: hflip must be in [0, 1], got {self.hflip}")
@@ -122,10 +123,21 @@ def resolve_config(file: Optional[str | Path] = None, overrides: typing.Iterable
     if file is not None:
         values.update(read_config_file(file))
     values.update({k: v for k, v in options.items() if v is not None})
+    hints = typing.get_type_hints(TrainConfig)
     for item in overrides:
         key, value = parse_override(item)
+        if _is_text(hints.get(key)):  # YAML would read amp=off as False, model=1e3 as a number
+            value = None if value is None and _is_optional(hints[key]) else item.partition("=")[2].strip()
         _set_dotted(values, key, value)
     return build_config(values)
+
+
+def _is_text(annotation: Any) -> bool:
+    return annotation is str or str in typing.get_args(annotation)
+
+
+def _is_optional(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
 
 
 def build_config(values: dict[str, Any]) -> TrainConfig:

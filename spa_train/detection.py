@@ -64,7 +64,8 @@ class ShardTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def build_detector(backbone: nn.Module, *, num_classes: int, masks: bool, fpn_channels: int = FPN_CHANNELS, mask_head_channels: int = 256, **detector_args) -> nn.Module:
+def build_detector(backbone: nn.Module, *, num_classes: int, masks: bool, fpn_channels: int = FPN_CHANNELS,
+                   mask_head_channels: int = 256, **detector_args) -> nn.Module:
     """Mask R-CNN (``masks``) or Faster R-CNN; ``num_classes`` excludes the background.
 
     ``detector_args`` go to torchvision's constructor (e.g. ``box_batch_size_per_image``,

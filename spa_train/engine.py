@@ -13,6 +13,7 @@ reproduces the uninterrupted one bit for bit (worker processes draw their own se
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -74,7 +75,8 @@ class Trainer:
         self.info = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = resolve_device(config.device, local_rank=self.info.local_rank)
-        seed_everything(config.seed, deterministic=config.deterministic, device=self.device)
+        # rank-offset seeds: ranks draw different noise (DDP broadcasts rank 0's initial weights)
+        seed_everything(config.seed + self.info.rank, deterministic=config.deterministic, device=self.device)
         self.task = TASKS[config.task]
         self.amp = use_amp(config.amp, self.device)
         self.run_dir = Path(config.out)
@@ -121,9 +123,11 @@ class Trainer:
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.info.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # the detector's RPN/ROI heads may leave parameters unused on images without objects
+            # unused parameters: the detector's heads on images without objects; the gates with
+            # the "all" selector (nothing to score)
+            unused = self.config.task == "det" or self.config.selector == "all"
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                                              find_unused_parameters=self.config.task == "det")
+                                                              find_unused_parameters=unused)
         if self.config.compile:
             model = torch.compile(model)
         return model
@@ -156,7 +160,7 @@ class Trainer:
                     self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
                               f"continue with --resume {self.run_dir / 'last.pt'}")
                     break
-        if self.info.is_main and not plot_curves(read_metrics(self.run_dir / "metrics.jsonl"),
+        if self.info.is_main and self.config.curves and not plot_curves(read_metrics(self.run_dir / "metrics.jsonl"),
                                                  self.run_dir / "curves.png", metric=f"val/{self.task.metric}"):
             self._say("matplotlib is not installed: no curves.png")
         self.writer.close()
@@ -176,9 +180,9 @@ class Trainer:
         totals = EpochTotals(self.device)
         reset_peak_memory(self.device)
         start, images_seen = time.perf_counter(), 0
-        bar = tqdm(total=self.micro_per_epoch // config.grad_accum_steps, initial=pos.consumed // config.grad_accum_steps,
-                   desc=f"epoch {pos.epoch + 1}/{config.epochs}", disable=None if config.progress and self.info.is_main else True,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(total=self.micro_per_epoch // config.grad_accum_steps,
+                   initial=pos.consumed // config.grad_accum_steps, desc=f"epoch {pos.epoch + 1}/{config.epochs}",
+                   disable=_bar_disabled(config.progress, self.info), dynamic_ncols=True, leave=False)
         accum = StepAccumulator(self.device)
         for batch in iterator:
             if pos.consumed >= self.micro_per_epoch:
@@ -240,7 +244,8 @@ class Trainer:
         flags = torch.tensor([float(self.stop_requested)], device=self.device)
         loss, task_loss, select_loss, count, stop = all_reduce_sum(torch.cat([accum.values, flags]), self.info).tolist()
         if not math.isfinite(loss):
-            raise SpaError(f"non-finite loss ({loss}) at step {pos.step + 1} (epoch {pos.epoch + 1}): training stopped; "
+            raise SpaError(f"non-finite loss ({loss}) at step {pos.step + 1} (epoch {pos.epoch + 1}): "
+                           f"training stopped; "
                            f"the last good checkpoint is {self.run_dir / 'last.pt'}"
                            + ("" if (self.run_dir / "last.pt").is_file() else " (none written yet)"))
         self.stop_requested = stop > 0
@@ -350,8 +355,8 @@ class EpochTotals:
         if self.ratio_sum is not None:
             ratios = [v / batches for v in summed[: len(self.ratio_sum)]]
             row.update({f"{prefix}select_ratio/block{i}": r for i, r in enumerate(ratios)})
-            row.update({f"{prefix}select_ratio/stage{stage}": _mean([r for r, s in zip(ratios, self.stages) if s == stage])
-                        for stage in sorted(set(self.stages))})
+            for stage in sorted(set(self.stages)):
+                row[f"{prefix}select_ratio/stage{stage}"] = _mean([r for r, s in zip(ratios, self.stages) if s == stage])
             row[f"{prefix}select_ratio/mean"] = _mean(ratios)
         labels = summed[len(self.ratio_sum) if self.ratio_sum is not None else 0:-1]
         row.update({f"{prefix}label_ratio/s{s}": v / batches for s, v in zip(strides, labels)})
@@ -362,6 +367,11 @@ def _block_stages(scores: dict, num_blocks: int) -> list[int]:
     """Stage of each SPA block: stride-16 gates are stage 3 blocks, stride-32 gates stage 4 blocks."""
     stages = [3] * len(scores.get(16, [])) + [4] * len(scores.get(32, []))
     return stages if len(stages) == num_blocks else [0] * num_blocks
+
+
+def _bar_disabled(progress: bool, info: DistInfo) -> Optional[bool]:
+    """tqdm's ``disable``: None shows the bar only on a terminal; other ranks never show one."""
+    return None if progress and info.is_main else True
 
 
 def _mean(values: list[float]) -> float:
@@ -391,7 +401,7 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
     flops_sum = 0.0
     backbone = _backbone_of(model)
     start, images = time.perf_counter(), 0
-    for batch in tqdm(loader, desc="eval", disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc="eval", disable=_bar_disabled(progress, info), leave=False, dynamic_ncols=True):
         with autocast(device, amp):
             out = model(batch.images, batch.select, None, batch.image_sizes)
         meter.update(out["predictions"], batch)
@@ -428,6 +438,13 @@ def _summary_line(row: dict, metric: str) -> str:
 def train(config: TrainConfig, *, resume: Optional[str | Path] = None) -> dict[str, Any]:
     """Train (or continue, from a checkpoint or run directory) and return the last epoch's metrics."""
     state = load_checkpoint(resolve_resume_path(resume)) if resume else None
+    run_dir = Path(config.out)
+    if state is None and (run_dir / "last.pt").is_file():
+        raise SpaError(f"{run_dir}: already holds a run (last.pt); continue it with --resume {run_dir}, "
+                       f"or choose another --out")
+    if state is None and int(os.environ.get("RANK", "0")) == 0:
+        for stale in ("metrics.jsonl", "metrics.csv"):  # left by a run that died before its first checkpoint
+            (run_dir / stale).unlink(missing_ok=True)
     try:
         return Trainer(config, resume_state=state).fit()
     finally:

@@ -32,7 +32,8 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = min(config.warmup_steps, max(0, total_steps - 1))
+    warmup = round(0.05 * total_steps) if config.warmup_steps is None else config.warmup_steps
+    warmup = min(warmup, max(0, total_steps - 1))
     min_ratio = config.min_lr / config.lr if config.lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps=warmup, total_steps=total_steps, min_ratio=min_ratio))

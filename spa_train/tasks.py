@@ -8,6 +8,7 @@ the trainer adds ``alpha * selection_loss(scores, select)`` the same way for eve
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -48,9 +49,12 @@ class Detector(nn.Module):
     def __init__(self, backbone: nn.Module, *, num_classes: int, masks: bool, oracle_selection: bool,
                  detector_args: Optional[dict] = None):
         super().__init__()
-        self.backbone = backbone
         self.detector = build_detector(backbone, num_classes=num_classes, masks=masks, **(detector_args or {}))
         self.oracle_selection = oracle_selection
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.detector.backbone.body.backbone
 
     def forward(self, images, select, targets=None, image_sizes=None) -> dict[str, Any]:
         adapter = self.detector.backbone.body
@@ -58,8 +62,7 @@ class Detector(nn.Module):
         sizes = image_sizes or [tuple(images.shape[-2:])] * len(images)
         crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes)]
         if self.training:
-            losses = self.detector(crops, [_trainable(t) for t in targets])
-            out = {"task_loss": sum(losses.values()), "loss_parts": {k: v.detach() for k, v in losses.items()}}
+            out = {"task_loss": sum(self.detector(crops, [_trainable(t) for t in targets]).values())}
         else:
             out = {"predictions": self.detector(crops), "backbone_output": adapter.last_output}
         features = adapter.last_output
@@ -149,6 +152,7 @@ def _reduce_device(info: DistInfo) -> torch.device:
 # ``--selector spa`` is the paper's Gumbel selection; the others are spa_model's names too.
 SELECTOR_NAMES = {"spa": "gumbel", "topk": "topk", "gt": "gt", "all": "all"}
 
+
 @dataclass(frozen=True)
 class Task:
     """What differs between tasks; looked up by name in ``TASKS``."""
@@ -160,14 +164,22 @@ class Task:
     meter: Callable[..., Any]                     # (dataset) -> meter with update/compute
 
 
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def _binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-label: one sigmoid per class, mean over images and classes."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
 def _build_classifier(backbone, dataset, config: TrainConfig) -> nn.Module:
-    loss = lambda logits, label: F.cross_entropy(logits.float(), label, label_smoothing=config.label_smoothing)
+    loss = functools.partial(_cross_entropy, label_smoothing=config.label_smoothing)
     return Classifier(backbone, loss_fn=loss, oracle_selection=config.selector == "gt")
 
 
 def _build_multilabel(backbone, dataset, config: TrainConfig) -> nn.Module:
-    loss = lambda logits, labels: F.binary_cross_entropy_with_logits(logits.float(), labels)
-    return Classifier(backbone, loss_fn=loss, oracle_selection=config.selector == "gt")
+    return Classifier(backbone, loss_fn=_binary_cross_entropy, oracle_selection=config.selector == "gt")
 
 
 def _build_detector(backbone, dataset, config: TrainConfig) -> nn.Module:
@@ -182,7 +194,7 @@ def dataset_has_masks(dataset, *, probe: int = 64) -> bool:
 
     Decided from the first ``probe`` samples' stored masks (BDD det labels have none, COCO's do).
     """
-    if not getattr(dataset, "with_masks", True):
+    if not dataset.with_masks:
         return False
     return any(any(len(r) for r in dataset.raw(i)["rles"]) for i in range(min(len(dataset), probe)))
 

@@ -64,8 +64,8 @@ def _gt(boxes, categories, masks=None):
 
 
 def _dt(boxes, labels, scores, masks=None):
-    pred = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.int64),
-            "scores": torch.tensor(scores, dtype=torch.float32)}
+    pred = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64), "scores": torch.tensor(scores, dtype=torch.float32)}
     if masks is not None:
         pred["masks"] = masks
     return pred

@@ -85,6 +85,7 @@ def test_config_precedence_and_round_trip(tmp_path):
                             model="spt_tiny", task=None)
     assert (config.lr, config.epochs, config.model, config.model_args, config.betas) == \
         (0.2, 3, "spt_tiny", {"embed_dim": 8}, (0.9, 0.95))
+    assert resolve_config(None, ["amp=off", "val_shards=none"]).amp == "off"     # not YAML's False
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.to_dict()))
     assert resolve_config(tmp_path / "c.yaml") == config
     assert TrainConfig().alpha == 0.01 and TrainConfig().selector == "spa"
@@ -116,7 +117,15 @@ BAD = {
     "not a checkpoint": (lambda d, t: ["eval", "--checkpoint", str(d["val"] / "manifest.jsonl"), "--shards",
                                        str(d["val"])], "manifest.jsonl: not a spa-train checkpoint"),
     "missing resume": (lambda d, t: ["--resume", str(t / "run-that-never-was")], "checkpoint not found"),
+    "occupied run dir": (lambda d, t: ["--shards", str(d["train"]), "--out", str(_occupied(t))],
+                         "already holds a run (last.pt); continue it with --resume"),
 }
+
+
+def _occupied(tmp_path: Path) -> Path:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "last.pt").write_bytes(b"")
+    return tmp_path / "old"
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -13,6 +13,11 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+try:  # 3-4x faster than the stdlib parser on COCO train2017 (a 450 MB file); optional
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
 from pycocotools import mask as mask_utils
 
 from spa_data.errors import SpaError
@@ -29,12 +34,26 @@ MISSING_IMAGE_POLICIES = ("error", "skip", "keep")
 
 
 def load_json(path: Path) -> Any:
-    """Parse a JSON file; a missing or malformed file is a one-line SpaError."""
+    """Parse a JSON file; a missing or malformed file is a one-line SpaError.
+
+    Uses orjson when installed. Whatever orjson rejects (a syntax error, but also what
+    the stdlib accepts: NaN, Infinity, a BOM, lone surrogates) is parsed again by the
+    stdlib, so the result and the error message are the stdlib's. One known difference
+    remains: orjson reads an integer beyond 64 bits as a float (no annotation format
+    here has ids or sizes near 2**63; finding such digits first would cost seconds).
+    """
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise SpaError(f"{path}: annotation file not found") from None
+    if orjson is not None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpaError(f"{path}: malformed JSON ({e})") from None
 
