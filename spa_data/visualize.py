@@ -53,7 +53,7 @@ def show_samples(path: Path, out: Path, *, n: int = 16, select_threshold: float 
             ax.set_axis_off()
             ax.set_title(f"{sample['image_id']}  1/{s}: {grid.mean():.0%} selected", fontsize=7)
     fig.suptitle(f"{ds.index.get('subset')}: selection labels (coverage > {select_threshold:g})", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))   # room for the suptitle
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     try:
