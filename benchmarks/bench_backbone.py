@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -28,7 +29,7 @@ import torchvision
 
 import spa_model
 
-COMPILE_COST_S = 75  # a pessimistic compile time, to decide whether a compiled run still fits
+COMPILE_COST_S = 45  # compile time (H200, 16 cores: 23-35 s inference, ~60 s training), to decide what still fits
 
 
 class Bench:
@@ -146,9 +147,11 @@ def train_fn(model, compute, images, labels):
 def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str, compiled: bool,
             labels_ratio: float | None = None, **overrides):
     height, width = size
-    cost = (COMPILE_COST_S if compiled else 5) * (2 if phase == "train" else 1)
+    cost = (COMPILE_COST_S if compiled else 5) * (1.5 if phase == "train" else 1)
     row = dict(label=label, model=name, size=f"{width}x{height}", batch=batch, phase=phase, compiled=compiled,
                overrides={k: v for k, v in overrides.items()}, keep=labels_ratio)
+    if not re.search(bench.args.labels, label):
+        return None
     if not bench.fits(cost):
         bench.record(**row, skipped="budget")
         return None
@@ -160,7 +163,7 @@ def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str
         model = make_model(name, device, bench.args.quick, **overrides)
         compute = make_compute(model)
         if compiled:
-            compute = torch.compile(compute)
+            compute = torch.compile(compute, fullgraph=isinstance(model, spa_model.SwinTransformer))
         fn = (inference_fn if phase == "inference" else train_fn)(model, compute, images, labels)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -190,20 +193,17 @@ def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str
             torch.cuda.empty_cache()
 
 
-def static_capacity(bench: Bench, size, batch: int, keep: float) -> float:
-    """The smallest static capacity fraction that holds this batch's selection (read once, eagerly)."""
+def static_capacity(size, batch: int, keep: float, window: int = 7) -> float:
+    """The smallest token budget (``capacity``) that holds the gt selection of this batch: the largest
+    share of an image's window-major tokens kept at stride 16 or 32."""
     height, width = size
-    model = make_model("spt_tiny", bench.device, bench.args.quick, selector="gt").eval()
-    labels = box_labels(batch, height, width, keep, 0, bench.device)
-    with torch.no_grad(), torch.autocast(bench.device.type, dtype=torch.bfloat16):
-        out = model.forward_features(torch.randn(batch, 3, height, width, device=bench.device), labels)
-    fractions = []
-    grids = [tuple(f.shape[-2:]) for f in out.features[2:]]
-    blocks = [grids[0]] * model.cfg.depths[2] + [grids[1]] * model.cfg.depths[3]
-    for used, (h, w) in zip(out.containers, blocks):
-        per_image_max = math.ceil(h / 7) * math.ceil(w / 7)
-        fractions.append(int(used) / (batch * per_image_max))
-    return max(fractions) + 1e-6
+    labels = box_labels(batch, height, width, keep, 0, "cpu")
+    shares = []
+    for stride in (16, 32):
+        grid_h, grid_w = -(-height // stride), -(-width // stride)
+        padded = -(-grid_h // window) * window * -(-grid_w // window) * window
+        shares.append(float(labels[stride].flatten(1).sum(1).max()) / padded)
+    return max(shares) + 1e-6
 
 
 def main() -> None:
@@ -214,16 +214,24 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes (CPU smoke test)")
     parser.add_argument("--compile-quick", action="store_true", help="with --quick: compiled runs too")
+    parser.add_argument("--parts", default="eager,sweep,compiled-inference,compiled-train",
+                        help="comma-separated: eager, sweep, compiled-inference, compiled-train")
+    parser.add_argument("--labels", default="", help="regex: measure only the rows whose label matches")
+    parser.add_argument("--sizes", default="224,1280", help="comma-separated: 224 (batch 256), 1280 (1280x800, batch 8)")
     args = parser.parse_args()
     bench = Bench(args)
+    parts = set(args.parts.split(","))
     sizes = [((224, 224), 256), ((800, 1280), 8)] if not args.quick else [((64, 64), 2), ((96, 160), 1)]
-    compile_ok = not args.quick or args.compile_quick
+    sizes = [s for s, name in zip(sizes, ("224", "1280")) if name in args.sizes.split(",")]
+    if args.quick and not args.compile_quick:
+        parts -= {"compiled-inference", "compiled-train"}
     keep = 0.25
+    for size, batch in sizes:
+        bench.meta[f"static_capacity_{size[1]}x{size[0]}"] = static_capacity(size, batch, keep)
 
     # 1. eager: ours vs torchvision; SPT-T (25% of stage 3-4 tokens) vs Swin-T; paper's packing; no RPB.
-    for size, batch in sizes:
-        capacity = static_capacity(bench, size, batch, keep)
-        bench.meta[f"static_capacity_{size[1]}x{size[0]}"] = capacity
+    for size, batch in sizes if "eager" in parts else []:
+        capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
         for phase in ("inference", "train"):
             common = dict(size=size, batch=batch, phase=phase, compiled=False)
             measure(bench, label="torchvision", name="torchvision_swin_t", **common)
@@ -231,37 +239,38 @@ def main() -> None:
             measure(bench, label="spt_t_gt25", name="spt_tiny", labels_ratio=keep, selector="gt", **common)
             measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
                     capacity=capacity, **common)
-        common = dict(size=size, batch=batch, phase="inference", compiled=False, labels_ratio=keep, selector="gt")
-        measure(bench, label="spt_t_gt25_paper_packing", name="spt_tiny", per_image_containers=False, **common)
-        measure(bench, label="spt_t_gt25_no_rpb", name="spt_tiny", relative_position=False, **common)
+        common = dict(size=size, batch=batch, phase="inference", compiled=False, labels_ratio=keep, selector="gt",
+                      capacity=capacity)
+        measure(bench, label="spt_t_gt25_static_paper_packing", name="spt_tiny", per_image_containers=False,
+                **common)
+        measure(bench, label="spt_t_gt25_static_no_rpb", name="spt_tiny", relative_position=False, **common)
 
-    # 2. speed-up against the selection ratio (eager inference, detection size).
-    size, batch = sizes[-1]
-    for ratio in (0.1, 0.25, 0.5, 0.75, 1.0):
-        measure(bench, label="sweep", name="spt_tiny", size=size, batch=batch, phase="inference", compiled=False,
-                labels_ratio=ratio, selector="gt")
-    plot(bench)
+    # 2. speed-up against the selection ratio (eager inference, detection size, static capacity).
+    if "sweep" in parts:
+        size, batch = sizes[-1]
+        common = dict(size=size, batch=batch, phase="inference", compiled=False)
+        measure(bench, label="swin_t_sweep_base", name="swin_tiny", **common)
+        for ratio in (0.1, 0.25, 0.5, 0.75, 1.0):
+            measure(bench, label="sweep", name="spt_tiny", labels_ratio=ratio, selector="gt",
+                    capacity=min(1.0, static_capacity(size, batch, ratio)), **common)
+        plot(bench)
 
-    # 3. compiled (most important first).
-    if compile_ok:
+    # 3. compiled (fullgraph for ours: a graph break fails the row).
+    for phase in ("inference", "train"):
+        if f"compiled-{phase}" not in parts:
+            continue
         for size, batch in sizes:
-            capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
-            for phase in ("inference", "train"):
-                common = dict(size=size, batch=batch, phase=phase, compiled=True)
-                measure(bench, label="swin_t", name="swin_tiny", **common)
-                spt = measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
-                              capacity=capacity, **common)
-                if spt is None and "error" in bench.results[-1]:  # e.g. the Triton kernel under dynamo
-                    measure(bench, label="spt_t_gt25_static_sdpa", name="spt_tiny", labels_ratio=keep,
-                            selector="gt", capacity=capacity, backend="sdpa", **common)
-                measure(bench, label="torchvision", name="torchvision_swin_t", **common)
+            common = dict(size=size, batch=batch, phase=phase, compiled=True)
+            measure(bench, label="swin_t", name="swin_tiny", **common)
+            measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
+                    capacity=bench.meta[f"static_capacity_{size[1]}x{size[0]}"], **common)
+            measure(bench, label="torchvision", name="torchvision_swin_t", **common)
     summarize(bench)
 
 
 def plot(bench: Bench) -> None:
     rows = [r for r in bench.results if r["label"] == "sweep" and "img_s" in r]
-    base = [r for r in bench.results if r["label"] == "swin_t" and r["phase"] == "inference" and not r["compiled"]
-            and r["size"] == (rows[0]["size"] if rows else None) and "img_s" in r]
+    base = [r for r in bench.results if r["label"] == "swin_t_sweep_base" and "img_s" in r]
     if not rows or not base:
         return
     import matplotlib

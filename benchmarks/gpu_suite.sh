@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything this project measures or tests on a GPU, in as few device calls as possible:
-#   bash benchmarks/gpu_suite.sh OUT_DIR [part ...]   parts: tests packed backbone loader realcheck
+#   bash benchmarks/gpu_suite.sh OUT_DIR [part ...]
+#   parts: tests packed profile backbone compiled-inference compiled-train loader realcheck rpb
 # Wheels the machine lacks (pycocotools) are installed from .whl/ when present; the Tiny ImageNet
 # sample for the real check is read from $SPA_FIXTURES (default .fixtures, a copy of ../shared/fixtures).
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUT_DIR [part ...]}; shift
-parts=${*:-tests packed backbone loader realcheck}
+parts=${*:-tests packed profile backbone compiled-inference compiled-train loader realcheck rpb}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -20,8 +21,15 @@ for part in $parts; do
     tests)     timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -25 ;;
     packed)    timeout 60 python3 benchmarks/bench_packed_attention.py --out "$out" 2>&1 | tail -25
                timeout 40 python3 benchmarks/bench_packed_attention.py --graphs --out "$out/graphs" 2>&1 | tail -12 ;;
-    backbone)  timeout 250 python3 benchmarks/bench_backbone.py --budget 200 --out "$out" 2>&1 | tail -40 ;;
+    profile)   timeout 120 python3 benchmarks/profile_backbone.py --out "$out" > "$out/profile.log" 2>&1; tail -5 "$out/profile.log" ;;
+    backbone)  timeout 250 python3 benchmarks/bench_backbone.py --parts eager,sweep --budget 220 --out "$out" 2>&1 | tail -40 ;;
+    compiled-*) timeout 560 python3 benchmarks/bench_backbone.py --parts "$part" --budget 520 --out "$out/$part" 2>&1 | tail -20 ;;
     loader)    timeout 90 python3 benchmarks/bench_loader.py --device cuda --out "$out/bench_loader.json" 2>&1 | tail -20 ;;
     realcheck) timeout 520 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --budget-s 95 --out "$out" 2>&1 | tail -30 ;;
+    # the accuracy cost of the relative-position bias inside containers (SPT-T, threshold 0.5, 60 epochs)
+    rpb)       for rpb in false true; do
+                 timeout 200 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --models spt_tiny \
+                   --epochs 60 --budget-s 1000 --set "model_args={threshold: 0.5, relative_position: $rpb}" --out "$out/rpb_$rpb" 2>&1 | tail -4
+               done ;;
   esac
 done

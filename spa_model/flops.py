@@ -84,13 +84,13 @@ def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput
         if stage.entry_gate is not None and uses_gate:
             prev_h, prev_w = grids_hw[index - 1]
             macs[f"{name}.entry_gate"] = 2 * prev_h * prev_w * (dim // 2)
-        grids = [WindowGrid.build(height, width, window=stage.window, shift=s, device=torch.device("cpu"))
-                 for s in (0, stage.window // 2)]
+        grid, shifted_grid = (WindowGrid.build(height, width, window=stage.window, shift=s, device=torch.device("cpu"))
+                              for s in (0, stage.window // 2))
         for j, block in enumerate(stage.blocks):
-            grid = grids[block.shifted]
+            block_grid = shifted_grid if block.shifted else grid
             macs[f"{name}.blocks.{j}"] = (
-                _spa_block_macs(block, grid, dim, next(containers), uses_gate) if isinstance(block, SpaBlock)
-                else _swin_block_macs(block, grid, dim))
+                _spa_block_macs(block, block_grid, dim, next(containers), uses_gate) if isinstance(block, SpaBlock)
+                else _swin_block_macs(block, block_grid, dim))
     height, width = grids_hw[-1]
     macs["norm"] = height * width * model.feature_channels[-1]
     if model.num_classes > 0:

@@ -12,7 +12,7 @@ broadcast over the batch: the (windows * heads) axis is a view of the qkv projec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ class WindowGrid:
         shift: (sy, sx); a dimension whose padded size is <= M is not shifted (torchvision's rule).
         coords: (N, 2) long, (row, col) of each window-major token in the rolled padded frame.
         region: (N,) long shift-region id of each token (zeros when unshifted).
+        token_pixel: (N,) long, row-major index into the unpadded (H, W) map of each window-major
+            token (0 for padding tokens): gathers straight from the map replace pad, roll, partition.
+        token_is_padding: (N,) bool, window padding tokens.
     """
 
     height: int
@@ -45,6 +48,10 @@ class WindowGrid:
     shift: tuple[int, int]
     coords: Tensor
     region: Tensor
+    token_pixel: Tensor
+    token_is_padding: Tensor
+    # per-batch-size index tables shared by the blocks of a stage (see token_rows)
+    _rows: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(height: int, width: int, *, window: int, shift: int, device: torch.device) -> "WindowGrid":
@@ -58,7 +65,12 @@ class WindowGrid:
         region = row_region[:, None] * 3 + col_region[None, :]                          # (Hp, Wp)
         coords = window_partition(coords[None], window)[0].reshape(-1, 2)
         region = window_partition(region[None, :, :, None], window)[0].reshape(-1)
-        return WindowGrid(height, width, padded, window, shifts, coords, region)
+        # Position before the roll: to_windows rolls by -shift, so rolled row r holds row r + shift.
+        source_row = (coords[:, 0] + shifts[0]) % padded[0]
+        source_col = (coords[:, 1] + shifts[1]) % padded[1]
+        is_padding = (source_row >= height) | (source_col >= width)
+        token_pixel = torch.where(is_padding, 0, source_row * width + source_col)
+        return WindowGrid(height, width, padded, window, shifts, coords, region, token_pixel, is_padding)
 
     @property
     def num_windows(self) -> int:
@@ -67,6 +79,30 @@ class WindowGrid:
     @property
     def is_shifted(self) -> bool:
         return any(self.shift)
+
+    @property
+    def is_padded(self) -> bool:
+        return self.padded != (self.height, self.width)
+
+    def token_rows(self, batch: int, num_slots: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Index tables of a (batch, N) window-major token layout, shared by the blocks on this grid.
+
+        Returns ``rows`` (batch * N + 1,) long, the row of the flattened (batch * H * W) map holding
+        each token (0 for padding tokens); ``is_pixel`` (batch * N + 1,) bool, False for padding
+        tokens; the last entry of both stands for a plan's padding slots (``token_index == B * N``).
+        ``spread`` (num_slots,) long: distinct rows that padding slots read, so that the backward's
+        index_add sees no hot spot. Built once per shape, not once per block.
+        """
+        key = (batch, num_slots)
+        if key not in self._rows:
+            pixels = self.height * self.width
+            device = self.token_pixel.device
+            rows = (torch.arange(batch, device=device)[:, None] * pixels + self.token_pixel).flatten()
+            is_pixel = (~self.token_is_padding).repeat(batch)
+            spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)
+            self._rows[key] = (torch.cat([rows, rows.new_zeros(1)]),
+                               torch.cat([is_pixel, is_pixel.new_zeros(1)]), spread)
+        return self._rows[key]
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""

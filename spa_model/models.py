@@ -25,8 +25,12 @@ Decisions (the README copies them):
   :mod:`spa_model.packed_attention`); ``relative_position=False`` drops the bias in SPA blocks.
 * Capacity (containers allocated per SPA block): ``"exact"`` (one host sync per SPA block),
   ``"bucket"`` (the same sync, rounded up to 4 steps per octave so torch.compile sees few shapes),
-  or a float r: a static ``ceil(r * max_containers)`` with no host sync (a device assert fires if a
-  selection needs more), which is what CUDA graphs / torch.compile want.
+  or a float r, a token budget: room for ``r`` of each image's N window-major tokens, i.e.
+  ``B * ceil(ceil(r * N) / L)`` containers (capped at the most any selection needs), with no host
+  sync; a device assert fires if a selection needs more. That is what CUDA graphs and
+  torch.compile want. A budget rather than a fraction of the maximum container count: with
+  per-image containers a small map (stage 4 at 224: one window) needs its one container per image
+  whatever the ratio, and one fraction for all blocks would then over-allocate the larger maps.
 * Features: ``features[0..2]`` are the raw stage outputs, ``features[3]`` the final-normed stage 4
   (what torchvision's ``swin_t().features`` + ``norm`` give); layout NCHW.
 """
@@ -41,9 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid, autocast_input
-from .packed_attention import select_pack_attention
-from .packing import max_containers
+from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid
+from .packed_attention import packed_attention
+from .packing import PackPlan, max_containers, plan_packing
 from .selection import (AllSelector, GumbelSelector, OracleSelector, SelectionState, Selector,
                         TopKSelector)
 
@@ -63,7 +67,7 @@ class SpaConfig:
     keep_ratio: float = 0.5                   # topk
     container_len: int | None = None          # None: window ** 2
     per_image_containers: bool = True         # False: the paper's batch-wide packing
-    capacity: str | float = "exact"           # "exact" | "bucket" | static fraction of the maximum
+    capacity: str | float = "exact"           # "exact" | "bucket" | r: static, <= r of each image's tokens
     relative_position: bool = True            # Swin's bias (clamped offsets) inside containers
     backend: str = "auto"                     # packed attention kernel
 
@@ -124,36 +128,70 @@ class SpaBlock(SwinBlock):
     def forward(self, x: Tensor, grid: WindowGrid, selection: SelectionState) -> Tensor:
         tokens = self.norm1(x)
         selector = selection.selector
+        gate = None
         if selector.uses_gate:
             scores = self.gate(tokens).squeeze(-1)
             if selection.s_up is not None:
                 scores = torch.maximum(scores, selection.s_up.to(scores.dtype))
             chosen = selector(scores, labels=selection.labels, training=self.training)
-            tokens = tokens * torch.sigmoid(scores).unsqueeze(-1)
+            gate = torch.sigmoid(scores)
             if chosen.weight is not None:  # straight-through: 1/0 forward, gradient to the gate
-                tokens = tokens * chosen.weight.unsqueeze(-1).to(tokens.dtype)
+                gate = gate * chosen.weight.to(gate.dtype)
             keep = chosen.keep
             selection.record_scores(selection.stride, scores)
         else:
             keep = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device)
-        selection.select_ratios.append(keep.float().mean())
+        selection.select_ratios.append(keep.sum() / keep.numel())
 
-        windows = grid.to_windows(autocast_input(tokens))
-        batch, num_windows, length, channels = windows.shape
-        keep_windows = grid.to_windows(keep.unsqueeze(-1).to(torch.uint8), pad_value=selector.keeps_padding)
-        keep_windows = keep_windows.view(batch, num_windows * length).bool()
-        attended, containers = select_pack_attention(
-            windows.reshape(batch, num_windows * length, channels), keep_windows,
-            qkv_weight=self.attn.qkv.weight, qkv_bias=self.attn.qkv.bias,
-            proj_weight=self.attn.proj.weight, proj_bias=self.attn.proj.bias,
-            num_heads=self.attn.num_heads,
-            rel_pos_table=self.attn.relative_position_bias_table if self.spa.relative_position else None,
-            coords=grid.coords, region=grid.region, window=grid.window, container_len=self.container_len,
-            per_image=self.spa.per_image_containers, capacity=self._capacity(keep_windows),
-            backend=self.spa.backend)
+        x, containers = self._add_attention(x, tokens, gate, keep, grid, selector.keeps_padding)
         selection.containers.append(containers)
-        x = x + self.drop_path(grid.from_windows(attended.view(windows.shape)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _add_attention(self, x: Tensor, tokens: Tensor, gate: Tensor | None, keep: Tensor, grid: WindowGrid,
+                       keeps_padding: bool) -> tuple[Tensor, Tensor]:
+        """x + drop_path(packed attention of the kept ``tokens`` scaled by ``gate``), and the containers used.
+
+        Pack and unpack go straight between the (B, H, W) maps and the containers through index
+        tables the grid builds once per stage (no pad / roll / window partition copies of the
+        map); the gate scales the packed rows only (r_g = gate * r matters only where attention
+        reads it); the result is index_add-ed into the residual stream, which leaves unkept tokens
+        as they are. Same values as Swin's window path: tokens are still ordered window-major.
+        """
+        batch, channels = tokens.shape[0], tokens.shape[-1]
+        keep_windows = keep.flatten(1).index_select(1, grid.token_pixel)         # (B, N) window-major
+        if grid.is_padded:
+            keep_windows = keep_windows.masked_fill(grid.token_is_padding, keeps_padding)
+        plan = plan_packing(keep_windows, container_len=self.container_len,
+                            per_image=self.spa.per_image_containers, capacity=self._capacity(keep_windows))
+        rows, is_pixel, spread = grid.token_rows(batch, plan.token_index.shape[0])
+        slot_is_pixel = is_pixel[plan.token_index]                              # (slots,)
+        slot_rows = torch.where(slot_is_pixel, rows[plan.token_index], spread)
+        packed = tokens.reshape(-1, channels).index_select(0, slot_rows)
+        if gate is not None:
+            packed = packed * gate.reshape(-1, 1).index_select(0, slot_rows)
+        if keeps_padding and grid.is_padded:  # kept padding tokens are zeros (Swin pads after norm1)
+            packed = torch.where(slot_is_pixel[:, None], packed, 0)
+        qkv = F.linear(packed, self.attn.qkv.weight, self.attn.qkv.bias)
+        attended = packed_attention(
+            qkv, plan, region=grid.region, coords=grid.coords, num_heads=self.attn.num_heads,
+            rel_pos_table=self.attn.relative_position_bias_table if self.spa.relative_position else None,
+            window=grid.window, backend=self.spa.backend)
+        out = F.linear(attended, self.attn.proj.weight, self.attn.proj.bias)
+        out = torch.where(slot_is_pixel[:, None], out, 0)  # padding slots / tokens add nothing
+        out = self._drop_path_rows(out, plan, batch)
+        x = x.reshape(-1, x.shape[-1]).index_add(0, slot_rows, out.to(x.dtype)).view_as(x)
+        return x, plan.containers_used
+
+    def _drop_path_rows(self, out: Tensor, plan: PackPlan, batch: int) -> Tensor:
+        """torchvision's row-mode stochastic depth, applied to packed rows of the given images."""
+        p = self.drop_path.p
+        if not self.training or p == 0.0:
+            return out
+        survival = 1.0 - p
+        noise = out.new_empty(batch).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return out * noise[plan.slot_image.flatten().clamp(min=0)][:, None]
 
     def _capacity(self, keep: Tensor) -> int | None:
         capacity, per_image, length = self.spa.capacity, self.spa.per_image_containers, self.container_len
@@ -163,9 +201,20 @@ class SpaBlock(SwinBlock):
             counts = keep.sum(1)
             needed = (-(-counts // length)).sum() if per_image else -(-counts.sum() // length)
             return _bucket(int(needed))
-        batch, num_tokens = keep.shape
-        return max(1, math.ceil(float(capacity) * max_containers(batch, num_tokens, container_len=length,
-                                                                 per_image=per_image)))
+        return static_capacity(keep.shape, float(capacity), container_len=length, per_image=per_image)
+
+
+def static_capacity(shape: tuple[int, int], keep_ratio: float, *, container_len: int, per_image: bool) -> int:
+    """Containers that hold any selection of a (B, N) batch keeping at most ``keep_ratio * N`` tokens
+    per image (per batch with ``per_image=False``), and never more than any selection needs."""
+    batch, num_tokens = shape
+    budget = math.ceil(keep_ratio * num_tokens)
+    if per_image:
+        needed = batch * -(-budget // container_len)
+    else:
+        needed = -(-(batch * budget) // container_len)
+    return max(1, min(needed, max_containers(batch, num_tokens, container_len=container_len,
+                                             per_image=per_image)))
 
 
 class SwinStage(nn.Module):
@@ -192,13 +241,13 @@ class SwinStage(nn.Module):
             selection.record_scores(self.stride // 2, selection.s_up)
         x = self.downsample(x)
         height, width = x.shape[1:3]
-        grids = [WindowGrid.build(height, width, window=self.window, shift=shift, device=x.device)
-                 for shift in (0, self.window // 2)]
+        grid, shifted_grid = (WindowGrid.build(height, width, window=self.window, shift=shift, device=x.device)
+                              for shift in (0, self.window // 2))
         selection.stride = self.stride
         if selection.s_up is not None:
             selection.s_up = F.max_pool2d(selection.s_up.unsqueeze(1), 2, ceil_mode=True).squeeze(1)
         for block in self.blocks:
-            x = block(x, grids[block.shifted], selection)
+            x = block(x, shifted_grid if block.shifted else grid, selection)
         stage_scores = selection.scores.get(self.stride)
         if stage_scores:
             selection.s_up = stage_scores[-1]

@@ -37,22 +37,30 @@ class PackPlan:
     Attributes:
         token_index: (num_containers * L,) long: row of the flattened (B * N) token tensor held by
             each slot; padding slots hold B * N (a dummy row the caller appends).
-        slot_image: (num_containers, L) long: image index of each slot, -1 for padding.
         containers_used: () long: containers holding at least one token (for FLOPs counting).
         container_len: L.
         token_slot: (B * N,) long: slot of each token, ``num_containers * L`` for unkept tokens
             (the inverse of ``token_index``, used to scatter results back with a gather).
+        num_tokens: N.
     """
 
     token_index: Tensor
-    slot_image: Tensor
     containers_used: Tensor
     container_len: int
     token_slot: Tensor
+    num_tokens: int
 
     @property
     def num_containers(self) -> int:
-        return self.slot_image.shape[0]
+        return self.token_index.shape[0] // self.container_len
+
+    @property
+    def slot_image(self) -> Tensor:
+        """(num_containers, L) long: image index of each slot, -1 for padding (computed on use:
+        the Triton kernel derives it from ``token_index`` itself)."""
+        total = self.token_slot.shape[0]
+        image = torch.where(self.token_index < total, self.token_index // max(self.num_tokens, 1), -1)
+        return image.view(self.num_containers, self.container_len)
 
 
 def max_containers(batch_size: int, num_tokens: int, *, container_len: int, per_image: bool = True) -> int:
@@ -75,17 +83,19 @@ def plan_packing(keep: Tensor, *, container_len: int, per_image: bool = True,
         raise ValueError(f"container_len must be positive, got {container_len}")
     batch, num_tokens = keep.shape
     length = container_len
-    keep_long = keep.long()
     if per_image:
         # Each image starts a fresh container: its first slot is L * (containers of earlier images).
-        rank = keep_long.cumsum(1) - 1                                  # (B, N) rank inside its image
-        per_image_containers = (keep_long.sum(1) + length - 1) // length  # (B,)
-        first_container = per_image_containers.cumsum(0) - per_image_containers
-        slot = first_container[:, None] * length + rank
-        containers_used = per_image_containers.sum()
+        kept_so_far = keep.cumsum(1, dtype=torch.long)                            # (B, N)
+        kept = kept_so_far[:, -1] if num_tokens else keep.sum(1)
+        per_image_containers = (kept + length - 1) // length                      # (B,)
+        containers_end = per_image_containers.cumsum(0)
+        containers_used = containers_end[-1] if batch else containers_end.sum()
+        first_slot_minus_one = (containers_end - per_image_containers) * length - 1
+        slot = kept_so_far + first_slot_minus_one[:, None]
     else:
-        slot = (keep_long.flatten().cumsum(0) - 1).view(batch, num_tokens)
-        containers_used = (keep_long.sum() + length - 1) // length
+        slot = (keep.flatten().cumsum(0, dtype=torch.long) - 1).view(batch, num_tokens)
+        kept = slot[-1, -1] + 1 if batch * num_tokens else keep.sum()
+        containers_used = (kept + length - 1) // length
 
     if capacity is None:
         capacity = int(containers_used)  # the one documented host sync
@@ -98,10 +108,9 @@ def plan_packing(keep: Tensor, *, container_len: int, per_image: bool = True,
     num_slots = capacity * length
     flat_index = torch.arange(batch * num_tokens, device=keep.device)
     # Unkept tokens (and, after a failed capacity assert, overflowing ones) go to a trash slot.
-    token_slot = torch.where(keep & (slot < num_slots), slot, num_slots).flatten()
+    token_slot = torch.where(keep, slot, num_slots).clamp_(max=num_slots).flatten()
     token_index = torch.full((num_slots + 1,), batch * num_tokens, dtype=torch.long, device=keep.device)
     token_index.scatter_(0, token_slot, flat_index)
-    token_index = token_index[:num_slots]  # drop the trash slot
-    slot_image = torch.where(token_index < batch * num_tokens, token_index // max(num_tokens, 1), -1)
-    return PackPlan(token_index=token_index, slot_image=slot_image.view(capacity, length),
-                    containers_used=containers_used, container_len=length, token_slot=token_slot)
+    return PackPlan(token_index=token_index[:num_slots],  # the trash slot dropped
+                    containers_used=containers_used, container_len=length, token_slot=token_slot,
+                    num_tokens=num_tokens)

@@ -113,6 +113,8 @@ def labels_on_grid(labels: Tensor, size: tuple[int, int] | torch.Size) -> Tensor
     """Crop (B, h, w) labels to ``size`` and zero-pad where the grid is larger (padded maps)."""
     height, width = size
     labels = labels[:, :height, :width]
+    if labels.shape[-2:] == (height, width):
+        return labels  # no copy
     return F.pad(labels, (0, width - labels.shape[-1], 0, height - labels.shape[-2]))
 
 

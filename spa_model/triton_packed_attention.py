@@ -151,46 +151,101 @@ def _launch(pass_: str, length: int, num_heads: int, head_dim: int, dtype: torch
                 num_warps=LAUNCH[pass_]["num_warps"])
 
 
-class _PackedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qkv: Tensor, table: Tensor | None, token_index: Tensor, position_info: Tensor,
-                shape: tuple[int, ...], window: int, scale: float) -> Tensor:
-        length, num_heads, num_tokens, total_tokens = shape
-        qkv = qkv.contiguous()
-        num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
-        has_bias = table is not None
+def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, position_info: Tensor, length: int,
+                  num_heads: int, num_tokens: int, total_tokens: int, window: int, scale: float
+                  ) -> tuple[Tensor, Tensor]:
+    """(out, lse): attention output (slots, C) and the row log-sum-exp (slots, heads) for backward."""
+    qkv = qkv.contiguous()
+    num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
+    out = torch.empty(num_slots, channels, dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty(num_slots, num_heads, dtype=torch.float32, device=qkv.device)
+    if num_slots:
         # (heads, table): one head's entries are contiguous, so a warp's gathers touch few lines.
-        table_t = table.t().contiguous() if has_bias else position_info  # unused pointer without bias
-        table_size = table.shape[0] if has_bias else 1
-        out = torch.empty(num_slots, channels, dtype=qkv.dtype, device=qkv.device)
-        lse = torch.empty(num_slots, num_heads, dtype=torch.float32, device=qkv.device)
-        if num_slots:
-            config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
-            _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-                qkv, token_index, position_info, table_t, out, lse, table_size, length, channels,
-                num_heads, channels // num_heads, num_tokens, total_tokens, scale, WINDOW=window,
-                HAS_BIAS=has_bias, **config)
-        ctx.save_for_backward(qkv, token_index, position_info, table_t, out, lse)
-        ctx.meta = (shape, window, scale, has_bias, table_size, table.dtype if has_bias else None)
-        return out
+        table_t = table.t().contiguous() if table is not None else position_info  # unused without bias
+        config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
+        _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
+            qkv, token_index, position_info, table_t, out, lse, table_t.shape[-1], length, channels,
+            num_heads, channels // num_heads, num_tokens, total_tokens, scale, WINDOW=window,
+            HAS_BIAS=table is not None, **config)
+    return out, lse
+
+
+def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_index: Tensor,
+                   position_info: Tensor, out: Tensor, lse: Tensor, length: int, num_heads: int, num_tokens: int,
+                   total_tokens: int, window: int, scale: float) -> tuple[Tensor, Tensor]:
+    """(grad_qkv, grad_table); grad_table is (0,) without a table."""
+    qkv = qkv.contiguous()
+    num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
+    grad_qkv = torch.empty_like(qkv)
+    has_bias = table is not None
+    table_size = table.shape[0] if has_bias else 1
+    grad_table = torch.zeros(_DTABLE_GROUPS, num_heads, table_size, dtype=torch.float32, device=qkv.device)
+    if num_slots:
+        table_t = table.t().contiguous() if has_bias else position_info
+        config = _launch("backward", length, num_heads, channels // num_heads, qkv.dtype)
+        _backward_kernel[(num_slots // length, num_heads // config["HEADS"])](
+            qkv, token_index, position_info, table_t, out, lse, grad_out.contiguous(), grad_qkv,
+            grad_table, table_size, length, channels, num_heads, channels // num_heads, num_tokens,
+            total_tokens, scale, WINDOW=window, HAS_BIAS=has_bias, GROUPS=_DTABLE_GROUPS, **config)
+    if not has_bias:
+        return grad_qkv, grad_qkv.new_empty(0)
+    return grad_qkv, grad_table.sum(0).t().to(table.dtype).contiguous()
+
+
+# Under torch.compile the kernels run as custom ops: opaque calls with a known output shape (no
+# tracing into the Triton launch, no graph break), paired for autograd. Eager mode calls them through
+# an autograd.Function instead, whose dispatch costs a fraction of a custom op's (the kernels take
+# tens of microseconds).
+_forward = torch.library.custom_op("spa::packed_attention_forward", mutates_args=())(_forward_impl)
+_backward = torch.library.custom_op("spa::packed_attention_backward", mutates_args=())(_backward_impl)
+
+
+@_forward.register_fake
+def _(qkv, table, token_index, position_info, length, num_heads, num_tokens, total_tokens, window, scale):
+    return (qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3),
+            qkv.new_empty(qkv.shape[0], num_heads, dtype=torch.float32))
+
+
+@_backward.register_fake
+def _(grad_out, qkv, table, token_index, position_info, out, lse, length, num_heads, num_tokens,
+      total_tokens, window, scale):
+    return torch.empty_like(qkv), (torch.empty_like(table) if table is not None else qkv.new_empty(0))
+
+
+_STATIC_ARGS = ("length", "num_heads", "num_tokens", "total_tokens", "window", "scale")
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, table, token_index, position_info, *static = inputs
+    ctx.save_for_backward(qkv, table, token_index, position_info, *output)
+    ctx.static = static
+
+
+def _gradients(ctx, grad_out: Tensor, backward) -> tuple:
+    qkv, table, token_index, position_info, out, lse = ctx.saved_tensors
+    grad_qkv, grad_table = backward(grad_out, qkv, table, token_index, position_info, out, lse, *ctx.static)
+    return grad_qkv, (grad_table if table is not None else None), None, None, *([None] * len(_STATIC_ARGS))
+
+
+_forward.register_autograd(lambda ctx, grad_out, grad_lse: _gradients(ctx, grad_out, _backward),
+                           setup_context=_setup_context)
+
+
+class _PackedAttention(torch.autograd.Function):
+    """The same pair as the custom ops, for eager mode."""
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        qkv, token_index, position_info, table_t, out, lse = ctx.saved_tensors
-        shape, window, scale, has_bias, table_size, table_dtype = ctx.meta
-        length, num_heads, num_tokens, total_tokens = shape
-        num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
-        grad_qkv = torch.empty_like(qkv)
-        grad_table = torch.zeros(_DTABLE_GROUPS, num_heads, table_size, dtype=torch.float32,
-                                 device=qkv.device)
-        if num_slots:
-            config = _launch("backward", length, num_heads, channels // num_heads, qkv.dtype)
-            _backward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-                qkv, token_index, position_info, table_t, out, lse, grad_out.contiguous(), grad_qkv,
-                grad_table, table_size, length, channels, num_heads, channels // num_heads, num_tokens,
-                total_tokens, scale, WINDOW=window, HAS_BIAS=has_bias, GROUPS=_DTABLE_GROUPS, **config)
-        grad_table = grad_table.sum(0).t().to(table_dtype) if has_bias else None
-        return grad_qkv, grad_table, None, None, None, None, None
+    def forward(qkv, table, token_index, position_info, *static):
+        return _forward_impl(qkv, table, token_index, position_info, *static)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        return _gradients(ctx, grad_out, _backward_impl)
 
 
 def triton_packed_attention(qkv: Tensor, plan: PackPlan, *, region: Tensor, coords: Tensor, num_heads: int,
@@ -203,5 +258,7 @@ def triton_packed_attention(qkv: Tensor, plan: PackPlan, *, region: Tensor, coor
     num_tokens = region.shape[0]
     position_info = torch.cat([region[:, None], coords], 1).to(torch.int32)  # (N, 3): region, row, col
     total_tokens = int(plan.token_slot.shape[0])  # B * N, a shape: no sync
-    shape = (plan.container_len, num_heads, max(num_tokens, 1), total_tokens)
-    return _PackedAttention.apply(qkv, rel_pos_table, plan.token_index, position_info, shape, window, scale)
+    attend = _forward if torch.compiler.is_compiling() else _PackedAttention.apply
+    out, _ = attend(qkv, rel_pos_table, plan.token_index, position_info, plan.container_len, num_heads,
+                    max(num_tokens, 1), total_tokens, window, scale)
+    return out

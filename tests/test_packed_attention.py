@@ -381,3 +381,26 @@ if __name__ == "__main__":  # the interpreted check runs here, in a fresh proces
     # Several heads per program: 4 heads, two programs of 2 heads forward, 2 + 2 backward.
     kernels.LAUNCH["forward"]["heads"], kernels.LAUNCH["backward"]["heads"] = 2, 3
     _check_backend("triton", "cpu", torch.float32, 1e-5, cases=BACKEND_CASES[1:2])
+    # Under torch.compile the kernels run as custom ops (traced as one graph, gradients included).
+    x, keep, coords, region, params = _random_case(2, 6, 6, 16, 2, 3, keep_prob=0.4, seed=13)
+    x.requires_grad_()
+    kwargs = dict(coords=coords, region=region, window=3, container_len=9, capacity=8, backend="triton",
+                  **{k: (v.float() if torch.is_tensor(v) else v) for k, v in params.items()})
+    eager, _ = select_pack_attention(x.float(), keep, **kwargs)
+    (eager_grad,) = torch.autograd.grad(eager.square().sum(), x)
+    compiled = torch.compile(lambda x: select_pack_attention(x.float(), keep, **kwargs)[0],
+                             fullgraph=True, backend="aot_eager")(x)
+    (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), x)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+    # The ops' fake kernels and autograd registration agree with the real ones (shapes, strides).
+    plan = plan_packing(keep, container_len=9, capacity=8)
+    position_info = torch.cat([region[:, None], coords], 1).to(torch.int32)
+    table = kwargs["rel_pos_table"].detach().requires_grad_()
+    qkv = torch.randn(plan.token_index.shape[0], 48, requires_grad=True)
+    static = (9, 2, 36, 72, 3, 8 ** -0.5)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(kernels._forward, (qkv, table, plan.token_index, position_info, *static), test_utils=tests)
+    out, lse = kernels._forward(qkv, table, plan.token_index, position_info, *static)
+    torch.library.opcheck(kernels._backward, (torch.randn_like(out), qkv.detach(), table.detach(), plan.token_index,
+                                              position_info, out.detach(), lse, *static), test_utils=tests)

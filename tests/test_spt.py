@@ -77,17 +77,24 @@ def test_eval_output_independent_of_batch():
         assert not torch.allclose(c[0], b[0])
 
 
-@pytest.mark.parametrize("capacity", ["bucket", 1.0])
-def test_capacity_modes_compute_the_same(capacity):
-    _, spt = _pair()
+@pytest.mark.parametrize("selector,capacity", [("gumbel", "bucket"), ("gumbel", 1.0), ("topk", 0.3)])
+def test_capacity_modes_compute_the_same(selector, capacity):
+    """Static capacities hold the selection: 1.0 any selection, 0.3 top-k at keep_ratio 0.3."""
+    _, spt = _pair(selector=selector, keep_ratio=0.3)
     images = torch.randn(2, 3, *SIZE)
     with torch.no_grad():
         want = spt.forward_features(images)
-        other = spa_model.create_model("spt_tiny", **SMALL, capacity=capacity).eval()
+        other = spa_model.create_model("spt_tiny", **SMALL, selector=selector, keep_ratio=0.3,
+                                       capacity=capacity).eval()
         other.load_state_dict(spt.state_dict())
         got = other.forward_features(images)
     for a, b in zip(got.features, want.features):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    if capacity == 0.3:  # the stage-3 map (7x9, padded to 14x14: N = 196) got fewer containers than any selection could need
+        from spa_model.models import static_capacity
+        from spa_model.packing import max_containers
+
+        assert static_capacity((2, 196), 0.3, container_len=49, per_image=True) < max_containers(2, 196, container_len=49)
 
 
 def test_empty_selection_for_one_image_and_for_the_whole_batch():
@@ -180,3 +187,44 @@ def test_spt_bf16_autocast_forward_backward_on_gpu():
         alone = spt.forward_features(images[2:3]).features
     for b, a in zip(batched, alone):
         assert (b[2:3].float() - a.float()).abs().max() < 5e-2 * a.float().abs().max()
+
+
+def _compile_case(device: str, backend: str):
+    """Eager and compiled (fullgraph: a graph break fails) outputs and gradients of one training step
+    of a static-capacity SPT (gt selector and no drop-path, so both runs take the same decisions)."""
+    torch.manual_seed(0)
+    spt = spa_model.create_model("spt_tiny", **SMALL, selector="gt", capacity=1.0, drop_path_rate=0.0,
+                                 num_classes=5).to(device).train()
+    images = torch.randn(2, 3, *SIZE, device=device)
+    labels = {s: l.to(device) for s, l in _labels(2).items()}
+
+    def loss_of(model):
+        out = model.forward_features(images, labels)
+        return model.forward_head(out).float().square().mean() + spa_model.selection_loss(out.scores, labels)
+
+    def step(compute):
+        loss = compute(spt)
+        params = [p for p in spt.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.detach(), [g for g in grads if g is not None]
+
+    eager = step(loss_of)
+    compiled = step(torch.compile(loss_of, fullgraph=True, backend=backend))
+    torch._dynamo.reset()
+    return eager, compiled
+
+
+def test_static_capacity_spt_compiles_as_one_graph():
+    (loss, grads), (compiled_loss, compiled_grads) = _compile_case("cpu", "aot_eager")
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
+    assert len(compiled_grads) == len(grads)
+    for a, b in zip(compiled_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_static_capacity_spt_compiles_with_inductor_and_the_triton_kernel():
+    (loss, grads), (compiled_loss, compiled_grads) = _compile_case("cuda", "inductor")
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
