@@ -1,6 +1,7 @@
 """Backbone speed: our Swin-T against torchvision's swin_t, and SPT-T against our Swin-T.
 
     PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR [--budget 330] [--quick]
+        [--parts eager,sweep,compiled-inference,compiled-train] [--sizes 224,1280] [--labels REGEX] [--repeat N]
 
 Measures bf16-autocast inference and a training step (forward, backward, AdamW step) in img/s,
 eager and under ``torch.compile``, at 224x224 batch 256 and 1280x800 batch 8; peak training memory;
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--compile-quick", action="store_true", help="with --quick: compiled runs too")
     parser.add_argument("--parts", default="eager,sweep,compiled-inference,compiled-train",
                         help="comma-separated: eager, sweep, compiled-inference, compiled-train")
+    parser.add_argument("--repeat", type=int, default=1, help="run the eager section this many times")
     parser.add_argument("--labels", default="", help="regex: measure only the rows whose label matches")
     parser.add_argument("--sizes", default="224,1280", help="comma-separated: 224 (batch 256), 1280 (1280x800, batch 8)")
     args = parser.parse_args()
@@ -230,7 +232,8 @@ def main() -> None:
         bench.meta[f"static_capacity_{size[1]}x{size[0]}"] = static_capacity(size, batch, keep)
 
     # 1. eager: ours vs torchvision; SPT-T (25% of stage 3-4 tokens) vs Swin-T; paper's packing; no RPB.
-    for size, batch in sizes if "eager" in parts else []:
+    #    --repeat N runs the whole section N times, so each figure's spread shows next to it.
+    for size, batch in [sb for _ in range(args.repeat) for sb in sizes] if "eager" in parts else []:
         capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
         for phase in ("inference", "train"):
             common = dict(size=size, batch=batch, phase=phase, compiled=False)
@@ -305,6 +308,16 @@ def summarize(bench: Bench) -> None:
         sel = f"{r['select_ratio']:.2f}" if "select_ratio" in r else "-"
         print(f"{r['label']:26s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} {r['img_s']:9.1f} "
               f"{peak:>8s} {gmacs:>6s} {sel:>5s}")
+    repeated: dict[tuple, list[float]] = {}
+    for r in bench.results:
+        if "img_s" in r:
+            repeated.setdefault((r["label"], r["size"], r["phase"], r["compiled"]), []).append(r["img_s"])
+    if any(len(v) > 1 for v in repeated.values()):
+        print(f"\n{'label':26s} {'size':9s} {'phase':9s} {'median':>9s} {'min':>9s} {'max':>9s} runs")
+        for (label, size, phase, _), values in repeated.items():
+            if len(values) > 1:
+                print(f"{label:26s} {size:9s} {phase:9s} {statistics.median(values):9.1f} {min(values):9.1f} "
+                      f"{max(values):9.1f} {len(values)}")
     print(f"total {bench.elapsed():.0f} s")
 
 
