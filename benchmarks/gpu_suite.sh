@@ -22,7 +22,7 @@ for part in $parts; do
     packed)    timeout 60 python3 benchmarks/bench_packed_attention.py --out "$out" 2>&1 | tail -25
                timeout 40 python3 benchmarks/bench_packed_attention.py --graphs --out "$out/graphs" 2>&1 | tail -12 ;;
     profile)   timeout 120 python3 benchmarks/profile_backbone.py --out "$out" > "$out/profile.log" 2>&1; tail -5 "$out/profile.log" ;;
-    backbone)  timeout 250 python3 benchmarks/bench_backbone.py --parts eager,sweep --budget 220 --out "$out" 2>&1 | tail -40 ;;
+    backbone)  timeout 250 python3 benchmarks/bench_backbone.py --parts eager,sweep --repeat 2 --budget 220 --out "$out" 2>&1 | tail -40 ;;
     compiled-*) timeout 560 python3 benchmarks/bench_backbone.py --parts "$part" --budget 520 --out "$out/$part" 2>&1 | tail -20 ;;
     loader)    timeout 90 python3 benchmarks/bench_loader.py --device cuda --out "$out/bench_loader.json" 2>&1 | tail -20 ;;
     realcheck) timeout 520 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --budget-s 95 --out "$out" 2>&1 | tail -30 ;;
