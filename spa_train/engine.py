@@ -129,6 +129,10 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                               find_unused_parameters=unused)
         if self.config.compile:
+            if any(getattr(m, "spa", None) and m.spa.capacity in ("exact", "bucket") for m in model.modules()):
+                self._say("compile=true with an SPT whose capacity is data-dependent: every SPA block syncs with "
+                          "the host and recompiles as the selection changes; set model_args={capacity: r} "
+                          "(a static token budget, e.g. 0.5)")
             model = torch.compile(model)
         return model
 
