@@ -106,7 +106,7 @@ class WindowGrid:
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""
-        if self.padded != (self.height, self.width):
+        if self.is_padded:
             x = F.pad(x, (0, 0, 0, self.padded[1] - self.width, 0, self.padded[0] - self.height), value=pad_value)
         if self.is_shifted:
             x = torch.roll(x, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))

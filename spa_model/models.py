@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
+from torchvision.ops import stochastic_depth
 
 from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid
 from .packed_attention import packed_attention
@@ -183,15 +183,11 @@ class SpaBlock(SwinBlock):
         return x, plan.containers_used
 
     def _drop_path_rows(self, out: Tensor, plan: PackPlan, batch: int) -> Tensor:
-        """torchvision's row-mode stochastic depth, applied to packed rows of the given images."""
-        p = self.drop_path.p
-        if not self.training or p == 0.0:
+        """The block's row-mode stochastic depth, drawn per image and applied to that image's packed rows."""
+        if not self.training or self.drop_path.p == 0.0:
             return out
-        survival = 1.0 - p
-        noise = out.new_empty(batch).bernoulli_(survival)
-        if survival > 0.0:
-            noise.div_(survival)
-        return out * noise[plan.slot_image.flatten().clamp(min=0)][:, None]
+        scale = stochastic_depth(out.new_ones(batch), self.drop_path.p, "row", training=True)
+        return out * scale[plan.slot_image.flatten().clamp(min=0)][:, None]
 
     def _capacity(self, keep: Tensor) -> int | None:
         capacity, per_image, length = self.spa.capacity, self.spa.per_image_containers, self.container_len

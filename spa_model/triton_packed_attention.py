@@ -212,9 +212,6 @@ def _(grad_out, qkv, table, token_index, position_info, out, lse, length, num_he
     return torch.empty_like(qkv), (torch.empty_like(table) if table is not None else qkv.new_empty(0))
 
 
-_STATIC_ARGS = ("length", "num_heads", "num_tokens", "total_tokens", "window", "scale")
-
-
 def _setup_context(ctx, inputs, output):
     qkv, table, token_index, position_info, *static = inputs
     ctx.save_for_backward(qkv, table, token_index, position_info, *output)
@@ -224,7 +221,7 @@ def _setup_context(ctx, inputs, output):
 def _gradients(ctx, grad_out: Tensor, backward) -> tuple:
     qkv, table, token_index, position_info, out, lse = ctx.saved_tensors
     grad_qkv, grad_table = backward(grad_out, qkv, table, token_index, position_info, out, lse, *ctx.static)
-    return grad_qkv, (grad_table if table is not None else None), None, None, *([None] * len(_STATIC_ARGS))
+    return grad_qkv, (grad_table if table is not None else None), None, None, *([None] * len(ctx.static))
 
 
 _forward.register_autograd(lambda ctx, grad_out, grad_lse: _gradients(ctx, grad_out, _backward),
