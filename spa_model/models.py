@@ -1,8 +1,9 @@
 """Swin and SPT backbones: dataclass configs, the SPA block, the model, and the model registry.
 
 SPT (the paper's Select and Pack Transformer) is a Swin whose stages listed in
-``SpaConfig.spa_stages`` (default: stages 3 and 4, 0-based ``(2, 3)``) use :class:`SpaBlock`. Both
-share parameter names, so Swin weights load into SPT unchanged (gates start fresh).
+``SpaConfig.spa_stages`` (default: stages 3 and 4, 0-based ``(2, 3)``) use :class:`SpaBlock`, or
+exactly the blocks listed in ``SpaConfig.spa_blocks`` (0-based over all stages). Both share
+parameter names, so Swin weights load into SPT unchanged (gates start fresh).
 
 Decisions (the README copies them):
 
@@ -60,6 +61,7 @@ class SpaConfig:
     """Select and Pack Attention settings (every field is a ``create_model`` override)."""
 
     spa_stages: tuple[int, ...] = (2, 3)
+    spa_blocks: tuple[int, ...] | None = None  # blocks (0-based over all stages); None: all of spa_stages
     selector: str = "gumbel"                  # gumbel | topk | gt | all (spa_model.selection)
     threshold: float = 0.01                   # gumbel: keep iff sigmoid((s + g) / tau) > threshold
     tau: float = 1.0
@@ -218,7 +220,7 @@ class SwinStage(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, window: int, mlp_ratio: float,
                  drop_paths: list[float], stride: int, downsample: bool, spa: SpaConfig | None,
-                 entry_gate: bool):
+                 spa_blocks: set[int], entry_gate: bool):
         super().__init__()
         self.window = window
         self.stride = stride
@@ -227,7 +229,7 @@ class SwinStage(nn.Module):
         self.entry_gate = nn.Sequential(nn.LayerNorm(dim // 2), nn.Linear(dim // 2, 1)) if entry_gate else None
         common = dict(window=window, mlp_ratio=mlp_ratio)
         self.blocks = nn.ModuleList(
-            SpaBlock(dim, num_heads, shifted=i % 2 == 1, spa=spa, drop_path=p, **common) if spa
+            SpaBlock(dim, num_heads, shifted=i % 2 == 1, spa=spa, drop_path=p, **common) if i in spa_blocks
             else SwinBlock(dim, num_heads, shifted=i % 2 == 1, drop_path=p, **common)
             for i, p in enumerate(drop_paths))
 
@@ -260,17 +262,19 @@ class SwinTransformer(nn.Module):
         dims = [cfg.embed_dim * 2 ** i for i in range(len(cfg.depths))]
         self.feature_channels = dims
         self.strides = [cfg.patch_size * 2 ** i for i in range(len(cfg.depths))]
-        spa_stages = set(cfg.spa.spa_stages) if cfg.spa else set()
-        first_spa = min(spa_stages, default=None)
+        starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
+        spa_blocks = spa_block_indices(cfg)
+        first_spa = next((i for i, start in enumerate(starts) if spa_blocks & set(range(start, start + cfg.depths[i]))),
+                         None)
         self.selector = _SELECTOR_BUILDERS[cfg.spa.selector](cfg.spa) if cfg.spa else AllSelector()
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.embed_dim, cfg.patch_size)
         total = sum(cfg.depths)  # stochastic depth grows linearly over all blocks (as torchvision)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
         self.stages = nn.ModuleList(
             SwinStage(dim=dims[i], num_heads=cfg.num_heads[i], window=cfg.window_size,
                       mlp_ratio=cfg.mlp_ratio, drop_paths=rates[starts[i]:starts[i] + depth],
-                      stride=self.strides[i], downsample=i > 0, spa=cfg.spa if i in spa_stages else None,
+                      stride=self.strides[i], downsample=i > 0, spa=cfg.spa,
+                      spa_blocks={b - starts[i] for b in spa_blocks if starts[i] <= b < starts[i] + depth},
                       entry_gate=i == first_spa and i > 0)
             for i, depth in enumerate(cfg.depths))
         self.norm = nn.LayerNorm(dims[-1])
@@ -336,6 +340,16 @@ def create_model(name: str, *, num_classes: int = 0, **overrides) -> SwinTransfo
     return _MODELS[name](num_classes=num_classes, **overrides)
 
 
+def spa_block_indices(cfg: SwinConfig) -> set[int]:
+    """The SPA blocks of ``cfg``, 0-based over all stages."""
+    if cfg.spa is None:
+        return set()
+    if cfg.spa.spa_blocks is not None:
+        return set(cfg.spa.spa_blocks)
+    starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
+    return {starts[i] + j for i in cfg.spa.spa_stages for j in range(cfg.depths[i])}
+
+
 def _build(cfg: SwinConfig, num_classes: int, overrides: dict) -> SwinTransformer:
     swin_fields = {f.name for f in fields(SwinConfig)}
     spa_fields = {f.name for f in fields(SpaConfig)}
@@ -348,6 +362,10 @@ def _build(cfg: SwinConfig, num_classes: int, overrides: dict) -> SwinTransforme
         if cfg.spa is None:
             raise TypeError(f"options {', '.join(sorted(spa_overrides))} need an SPT model (spt_*)")
         cfg = replace(cfg, spa=replace(cfg.spa, **spa_overrides))
+    if cfg.spa and not set(cfg.spa.spa_stages) <= set(range(len(cfg.depths))):
+        raise ValueError(f"spa_stages {cfg.spa.spa_stages}: the model has stages 0-{len(cfg.depths) - 1}")
+    if cfg.spa and not spa_block_indices(cfg) <= set(range(sum(cfg.depths))):
+        raise ValueError(f"spa_blocks {cfg.spa.spa_blocks}: the model has blocks 0-{sum(cfg.depths) - 1}")
     if cfg.spa and cfg.spa.selector not in _SELECTOR_BUILDERS:
         raise ValueError(f"unknown selector {cfg.spa.selector!r}; expected {', '.join(_SELECTOR_BUILDERS)}")
     return SwinTransformer(cfg, num_classes=num_classes)

@@ -228,3 +228,28 @@ def test_static_capacity_spt_compiles_with_inductor_and_the_triton_kernel():
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-4, atol=1e-5)
     for a, b in zip(compiled_grads, grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_spa_blocks_picks_single_blocks():
+    """spa_blocks=(4, 7): the first block of stage 3 and the last of stage 4 (0-based over all 8
+    blocks) are SPA blocks, the others Swin blocks; select-all then computes what Swin computes."""
+    swin, _ = _pair()
+    spt = spa_model.create_model("spt_tiny", **SMALL, spa_blocks=(4, 7), selector="all").eval()
+    spt.load_swin_state_dict(swin.state_dict())
+    kinds = [type(block).__name__ for stage in spt.stages for block in stage.blocks]
+    assert [i for i, kind in enumerate(kinds) if kind == "SpaBlock"] == [4, 7]
+    images = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        want, got = swin.forward_features(images), spt.forward_features(images)
+    for a, b in zip(got.features, want.features):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(got.select_ratios) == 2
+    # with the gate: s0 from stage 2, one score map per SPA block
+    gated = spa_model.create_model("spt_tiny", **SMALL, spa_blocks=(4, 7)).eval()
+    with torch.no_grad():
+        out = gated.forward_features(images)
+    assert {k: len(v) for k, v in out.scores.items()} == {8: 1, 16: 1, 32: 1}
+    with pytest.raises(ValueError, match="spa_blocks"):
+        spa_model.create_model("spt_tiny", **SMALL, spa_blocks=(8,))
+    with pytest.raises(ValueError, match="spa_stages"):
+        spa_model.create_model("spt_tiny", **SMALL, spa_stages=(4,))
