@@ -1,13 +1,17 @@
 """Backbone speed: our Swin-T against torchvision's swin_t, and SPT-T against our Swin-T.
 
     PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR [--budget 330] [--quick]
-        [--parts eager,sweep,compiled-inference,compiled-train] [--sizes 224,1280] [--labels REGEX] [--repeat N]
+        [--parts eager,sweep,compiled-inference,compiled-train,interleaved-{eager,compiled}-{inference,train}]
+        [--sizes 224,1280] [--labels REGEX] [--repeat N] [--rounds N]
 
 Measures bf16-autocast inference and a training step (forward, backward, AdamW step) in img/s,
 eager and under ``torch.compile``, at 224x224 batch 256 and 1280x800 batch 8; peak training memory;
 SPT-T with ground-truth-like masks (one box per image, aligned to 32 px) that keep a given share of
 the stage 3-4 tokens (the "gt" selector), against the FLOPs ratio from ``spa_model.count_flops``
-(the ideal speed-up); a sweep of the selection ratio (plot ``spt_speedup.png``). Writes
+(the ideal speed-up); a sweep of the selection ratio (plot ``spt_speedup.png``). The
+``interleaved-*`` parts build all models of one mode first and time them in turn for ``--rounds``
+rounds, for ratios that machine drift cannot skew; they add SPT-T with every selection empty, the
+speed no selection can beat. Writes
 ``bench_backbone.json`` after every measurement (machine, date, versions, numbers), so a run cut
 short keeps what it measured; work that does not fit ``--budget`` seconds is recorded as skipped.
 """
@@ -52,10 +56,14 @@ class Bench:
     def fits(self, cost_s: float) -> bool:
         return self.elapsed() + cost_s <= self.args.budget
 
-    def record(self, **row) -> None:
+    def record(self, **row) -> dict:
         self.results.append(row)
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
         print(json.dumps(shown), file=sys.stderr, flush=True)
+        self.save()
+        return row
+
+    def save(self) -> None:
         os.makedirs(self.args.out, exist_ok=True)
         path = os.path.join(self.args.out, "bench_backbone.json")
         with open(path + ".tmp", "w") as f:
@@ -85,8 +93,10 @@ class Bench:
 def box_labels(batch: int, height: int, width: int, ratio: float, seed: int, device) -> dict[int, torch.Tensor]:
     """One box per image covering ``ratio`` of the image, at a random 32-px-aligned place;
     labels per stride by max-pooling the pixel mask (as the loader's coverage > 0 rule)."""
-    generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros(batch, 1, height, width)
+    if ratio == 0:  # no box: every selection is empty
+        return {s: F.max_pool2d(mask, s, ceil_mode=True)[:, 0].to(device) for s in (8, 16, 32)}
+    generator = torch.Generator().manual_seed(seed)
     box_h = min(height, max(32, round(math.sqrt(ratio) * height / 32) * 32))
     box_w = min(width, max(32, round(ratio * height * width / box_h / 32) * 32))
     for i in range(batch):  # setup only, not timed
@@ -145,6 +155,21 @@ def train_fn(model, compute, images, labels):
     return step
 
 
+def build_step(bench: Bench, *, name: str, size, batch: int, phase: str, compiled: bool,
+               labels_ratio: float | None, overrides: dict):
+    """(step function, model, images, labels) for one configuration."""
+    height, width = size
+    device = bench.device
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, height, width, device=device)
+    labels = box_labels(batch, height, width, labels_ratio, 0, device) if labels_ratio is not None else None
+    model = make_model(name, device, bench.args.quick, **overrides)
+    compute = make_compute(model)
+    if compiled:  # static shapes: several models may share make_compute's code object
+        compute = torch.compile(compute, fullgraph=isinstance(model, spa_model.SwinTransformer), dynamic=False)
+    return (inference_fn if phase == "inference" else train_fn)(model, compute, images, labels), model, images, labels
+
+
 def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str, compiled: bool,
             labels_ratio: float | None = None, **overrides):
     height, width = size
@@ -157,15 +182,9 @@ def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str
         bench.record(**row, skipped="budget")
         return None
     device = bench.device
-    torch.manual_seed(0)
-    images = torch.randn(batch, 3, height, width, device=device)
-    labels = box_labels(batch, height, width, labels_ratio, 0, device) if labels_ratio is not None else None
     try:
-        model = make_model(name, device, bench.args.quick, **overrides)
-        compute = make_compute(model)
-        if compiled:
-            compute = torch.compile(compute, fullgraph=isinstance(model, spa_model.SwinTransformer))
-        fn = (inference_fn if phase == "inference" else train_fn)(model, compute, images, labels)
+        fn, model, images, labels = build_step(bench, name=name, size=size, batch=batch, phase=phase,
+                                               compiled=compiled, labels_ratio=labels_ratio, overrides=overrides)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -174,16 +193,8 @@ def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str
         first_s = time.perf_counter() - t0
         ms = bench.timed(fn, bench.args.warmup, bench.args.iters)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
-        extra = {}
-        if isinstance(model, spa_model.SwinTransformer):
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-                model.eval()
-                out = model.forward_features(images, labels)
-            extra["gmacs_per_image"] = spa_model.count_flops(model, out).total / 1e9
-            if out.select_ratios:
-                extra["select_ratio"] = float(torch.stack(out.select_ratios).mean())
-                extra["containers"] = [int(c) for c in out.containers]
-        bench.record(**row, ms=ms, img_s=batch * 1e3 / ms, peak_gib=peak, first_call_s=first_s, **extra)
+        bench.record(**row, ms=ms, img_s=batch * 1e3 / ms, peak_gib=peak, first_call_s=first_s,
+                     **selection_stats(model, images, labels))
         return bench.results[-1]
     except Exception as error:  # one failing configuration must not end the benchmark
         bench.record(**row, error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
@@ -192,6 +203,70 @@ def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str
         torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def selection_stats(model, images, labels) -> dict:
+    """GMACs per image (our models), the mean selection ratio and the containers each SPA block used."""
+    if not isinstance(model, spa_model.SwinTransformer):
+        return {}
+    with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16):
+        model.eval()
+        out = model.forward_features(images, labels)
+    stats = {"gmacs_per_image": spa_model.count_flops(model, out).total / 1e9}
+    if out.select_ratios:
+        stats["select_ratio"] = float(torch.stack(out.select_ratios).mean())
+        stats["containers"] = [int(c) for c in out.containers]
+    return stats
+
+
+def host_ms(fn, device, iters: int = 5) -> float:
+    """Median host milliseconds to issue one call from an idle device: near the device time, the
+    step is bound by launches on the host rather than by GPU work."""
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def interleaved(bench: Bench, variants: dict[str, dict], *, size, batch: int, phase: str, compiled: bool,
+                rounds: int) -> None:
+    """Img/s of several configurations timed in turn, ``rounds`` times (median, min, max over rounds), so
+    drifts of the machine hit all of them alike and the ratios are trustworthy. All models stay built."""
+    height, width = size
+    steps, rows = {}, {}
+    for label, spec in variants.items():
+        spec = dict(spec)
+        name, labels_ratio = spec.pop("name"), spec.pop("labels_ratio", None)
+        row = dict(label=label, model=name, size=f"{width}x{height}", batch=batch, phase=phase, compiled=compiled,
+                   interleaved=True, overrides=spec, keep=labels_ratio)
+        try:
+            fn, model, images, labels = build_step(bench, name=name, size=size, batch=batch, phase=phase,
+                                                   compiled=compiled, labels_ratio=labels_ratio, overrides=spec)
+            t0 = time.perf_counter()
+            fn()
+            rows[label] = bench.record(**row, first_call_s=time.perf_counter() - t0,
+                                       **selection_stats(model, images, labels))
+            steps[label] = fn
+        except Exception as error:
+            bench.record(**row, error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+    samples: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, fn in steps.items():
+            samples[label].append(bench.timed(fn, bench.args.warmup, bench.args.iters))
+        for label, times in samples.items():  # saved every round: a run cut short keeps what it timed
+            rows[label].update(rounds=len(times), ms=statistics.median(times),
+                               img_s=batch * 1e3 / statistics.median(times),
+                               img_s_min=batch * 1e3 / max(times), img_s_max=batch * 1e3 / min(times))
+        bench.save()
+    for label, fn in steps.items():
+        rows[label]["host_ms"] = host_ms(fn, bench.device)
+    bench.save()
 
 
 def static_capacity(size, batch: int, keep: float, window: int = 7) -> float:
@@ -216,8 +291,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes (CPU smoke test)")
     parser.add_argument("--compile-quick", action="store_true", help="with --quick: compiled runs too")
     parser.add_argument("--parts", default="eager,sweep,compiled-inference,compiled-train",
-                        help="comma-separated: eager, sweep, compiled-inference, compiled-train")
+                        help="comma-separated: eager, sweep, compiled-inference, compiled-train, "
+                             "interleaved-{eager,compiled}-{inference,train}")
     parser.add_argument("--repeat", type=int, default=1, help="run the eager section this many times")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the interleaved-* parts")
     parser.add_argument("--labels", default="", help="regex: measure only the rows whose label matches")
     parser.add_argument("--sizes", default="224,1280", help="comma-separated: 224 (batch 256), 1280 (1280x800, batch 8)")
     args = parser.parse_args()
@@ -226,7 +303,7 @@ def main() -> None:
     sizes = [((224, 224), 256), ((800, 1280), 8)] if not args.quick else [((64, 64), 2), ((96, 160), 1)]
     sizes = [s for s, name in zip(sizes, ("224", "1280")) if name in args.sizes.split(",")]
     if args.quick and not args.compile_quick:
-        parts -= {"compiled-inference", "compiled-train"}
+        parts = {p for p in parts if "compiled" not in p}
     keep = 0.25
     for size, batch in sizes:
         bench.meta[f"static_capacity_{size[1]}x{size[0]}"] = static_capacity(size, batch, keep)
@@ -242,11 +319,10 @@ def main() -> None:
             measure(bench, label="spt_t_gt25", name="spt_tiny", labels_ratio=keep, selector="gt", **common)
             measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
                     capacity=capacity, **common)
-        common = dict(size=size, batch=batch, phase="inference", compiled=False, labels_ratio=keep, selector="gt",
-                      capacity=capacity)
-        measure(bench, label="spt_t_gt25_static_paper_packing", name="spt_tiny", per_image_containers=False,
-                **common)
-        measure(bench, label="spt_t_gt25_static_no_rpb", name="spt_tiny", relative_position=False, **common)
+            measure(bench, label="spt_t_gt25_static_paper_packing", name="spt_tiny", labels_ratio=keep,
+                    selector="gt", capacity=capacity, per_image_containers=False, **common)
+        measure(bench, label="spt_t_gt25_static_no_rpb", name="spt_tiny", relative_position=False, size=size,
+                batch=batch, phase="inference", compiled=False, labels_ratio=keep, selector="gt", capacity=capacity)
 
     # 2. speed-up against the selection ratio (eager inference, detection size, static capacity).
     if "sweep" in parts:
@@ -265,9 +341,26 @@ def main() -> None:
         for size, batch in sizes:
             common = dict(size=size, batch=batch, phase=phase, compiled=True)
             measure(bench, label="swin_t", name="swin_tiny", **common)
-            measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
-                    capacity=bench.meta[f"static_capacity_{size[1]}x{size[0]}"], **common)
+            spt = dict(name="spt_tiny", labels_ratio=keep, selector="gt",
+                       capacity=bench.meta[f"static_capacity_{size[1]}x{size[0]}"])
+            measure(bench, label="spt_t_gt25_static", **spt, **common)
+            measure(bench, label="spt_t_gt25_static_paper_packing", per_image_containers=False, **spt, **common)
             measure(bench, label="torchvision", name="torchvision_swin_t", **common)
+    # 4. the headline ratios, timed in turn (--rounds); spt_t_gt0 (every selection empty) is the bound
+    #    no selection can beat: SPT with its stage 3-4 attention all but gone.
+    for part in sorted(p for p in parts if p.startswith("interleaved-")):
+        mode, phase = part.split("-")[1:]
+        for size, batch in sizes:
+            capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
+            spt = dict(name="spt_tiny", labels_ratio=keep, selector="gt", capacity=capacity)
+            variants = {"torchvision": dict(name="torchvision_swin_t"), "swin_t": dict(name="swin_tiny"),
+                        "spt_t_gt25_static": spt,
+                        "spt_t_gt25_static_paper_packing": dict(spt, per_image_containers=False),
+                        "spt_t_gt0_static": dict(spt, labels_ratio=0.0, capacity=0.0)}
+            variants = {k: v for k, v in variants.items() if re.search(args.labels, k)}
+            interleaved(bench, variants, size=size, batch=batch, phase=phase, compiled=mode == "compiled",
+                        rounds=args.rounds)
+            torch._dynamo.reset()
     summarize(bench)
 
 
@@ -295,28 +388,30 @@ def plot(bench: Bench) -> None:
 
 def summarize(bench: Bench) -> None:
     print(f"\n{bench.meta['device']}  torch {bench.meta['torch']}  {bench.meta['date']}")
-    print(f"{'label':26s} {'size':9s} {'batch':>5s} {'phase':9s} {'mode':8s} {'img/s':>9s} {'peak GiB':>8s} "
+    print(f"{'label':32s} {'size':9s} {'batch':>5s} {'phase':9s} {'mode':8s} {'img/s':>9s} {'peak GiB':>8s} "
           f"{'GMACs':>6s} {'sel':>5s}")
     for r in bench.results:
         mode = "compiled" if r["compiled"] else "eager"
         if "img_s" not in r:
-            print(f"{r['label']:26s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} "
+            print(f"{r['label']:32s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} "
                   f"{r.get('skipped') or r.get('error')}")
             continue
         peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") else "-"
         gmacs = f"{r['gmacs_per_image']:.2f}" if "gmacs_per_image" in r else "-"
         sel = f"{r['select_ratio']:.2f}" if "select_ratio" in r else "-"
-        print(f"{r['label']:26s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} {r['img_s']:9.1f} "
-              f"{peak:>8s} {gmacs:>6s} {sel:>5s}")
+        spread = (f"  [{r['img_s_min']:.1f}, {r['img_s_max']:.1f}] over {r['rounds']} rounds, host "
+                  f"{r.get('host_ms', float('nan')):.1f} of {r['ms']:.1f} ms" if r.get("interleaved") else "")
+        print(f"{r['label']:32s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} {r['img_s']:9.1f} "
+              f"{peak:>8s} {gmacs:>6s} {sel:>5s}{spread}")
     repeated: dict[tuple, list[float]] = {}
     for r in bench.results:
         if "img_s" in r:
             repeated.setdefault((r["label"], r["size"], r["phase"], r["compiled"]), []).append(r["img_s"])
     if any(len(v) > 1 for v in repeated.values()):
-        print(f"\n{'label':26s} {'size':9s} {'phase':9s} {'median':>9s} {'min':>9s} {'max':>9s} runs")
+        print(f"\n{'label':32s} {'size':9s} {'phase':9s} {'median':>9s} {'min':>9s} {'max':>9s} runs")
         for (label, size, phase, _), values in repeated.items():
             if len(values) > 1:
-                print(f"{label:26s} {size:9s} {phase:9s} {statistics.median(values):9.1f} {min(values):9.1f} "
+                print(f"{label:32s} {size:9s} {phase:9s} {statistics.median(values):9.1f} {min(values):9.1f} "
                       f"{max(values):9.1f} {len(values)}")
     print(f"total {bench.elapsed():.0f} s")
 

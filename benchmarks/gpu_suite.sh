@@ -2,6 +2,7 @@
 # Everything this project measures or tests on a GPU, in as few device calls as possible:
 #   bash benchmarks/gpu_suite.sh OUT_DIR [part ...]
 #   parts: tests packed profile backbone compiled-inference compiled-train loader realcheck rpb
+#          (not by default:) interleaved-compiled-train-{224,1280} host-profile
 # Wheels the machine lacks (pycocotools) are installed from .whl/ when present; the Tiny ImageNet
 # sample for the real check is read from $SPA_FIXTURES (default .fixtures, a copy of ../shared/fixtures).
 set -uo pipefail
@@ -23,6 +24,12 @@ for part in $parts; do
                timeout 40 python3 benchmarks/bench_packed_attention.py --graphs --out "$out/graphs" 2>&1 | tail -12 ;;
     profile)   timeout 120 python3 benchmarks/profile_backbone.py --out "$out" > "$out/profile.log" 2>&1; tail -5 "$out/profile.log" ;;
     backbone)  timeout 250 python3 benchmarks/bench_backbone.py --parts eager,sweep --repeat 2 --budget 220 --out "$out" 2>&1 | tail -40 ;;
+    # the training ratios timed in turn, with each step's host time (about 70 s of compiling per model)
+    interleaved-compiled-train-*)
+               timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
+                 --rounds 5 --out "$out/$part" 2>&1 | tail -8 ;;
+    host-profile) timeout 300 python3 benchmarks/profile_backbone.py --compile --host --phases train --out "$out/host" \
+                 > "$out/host_profile.log" 2>&1; head -9 "$out/host/profile_train_compiled_host.txt" ;;
     compiled-*) timeout 560 python3 benchmarks/bench_backbone.py --parts "$part" --budget 520 --out "$out/$part" 2>&1 | tail -20 ;;
     loader)    timeout 90 python3 benchmarks/bench_loader.py --device cuda --out "$out/bench_loader.json" 2>&1 | tail -20 ;;
     realcheck) timeout 520 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --budget-s 95 --out "$out" 2>&1 | tail -30 ;;

@@ -2,8 +2,10 @@
 
 Layout: feature maps are (B, H, W, C) inside the stages, as in torchvision and timm; windows are
 (B, num_windows, M*M, C) in Swin's ``window_partition`` order. A :class:`WindowGrid` holds what a
-stage's blocks share for one shift (padding, roll, token coordinates, shift regions) and is built
-once per stage and forward, not once per block.
+stage's blocks share for one shift (padding, roll, token coordinates, shift regions, index tables).
+:meth:`WindowGrid.cached` builds it once per shape in eager mode (a rebuild is dozens of small
+kernel launches per stage and step, which bound a step on the host at detection sizes) and once per
+forward under ``torch.compile``, where it becomes part of the graph.
 
 Window attention runs through ``F.scaled_dot_product_attention`` with the relative position bias
 and the shifted-window mask folded into one additive float mask of shape (1, windows * heads, L, L),
@@ -12,6 +14,9 @@ broadcast over the batch: the (windows * heads) axis is a view of the qkv projec
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -50,8 +55,8 @@ class WindowGrid:
     region: Tensor
     token_pixel: Tensor
     token_is_padding: Tensor
-    # per-batch-size index tables shared by the blocks of a stage (see token_rows)
-    _rows: dict = field(default_factory=dict, compare=False, repr=False)
+    # tables derived on first use and shared by the blocks of a stage (see token_rows, shift_mask)
+    _derived: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(height: int, width: int, *, window: int, shift: int, device: torch.device) -> "WindowGrid":
@@ -72,6 +77,13 @@ class WindowGrid:
         token_pixel = torch.where(is_padding, 0, source_row * width + source_col)
         return WindowGrid(height, width, padded, window, shifts, coords, region, token_pixel, is_padding)
 
+    @staticmethod
+    def cached(height: int, width: int, *, window: int, shift: int, device: torch.device) -> "WindowGrid":
+        """:meth:`build`, memoised per shape and device outside ``torch.compile``."""
+        if torch.compiler.is_compiling():
+            return WindowGrid.build(height, width, window=window, shift=shift, device=device)
+        return _cached_grid(height, width, window, shift, device)
+
     @property
     def num_windows(self) -> int:
         return (self.padded[0] // self.window) * (self.padded[1] // self.window)
@@ -91,18 +103,19 @@ class WindowGrid:
         each token (0 for padding tokens); ``is_pixel`` (batch * N + 1,) bool, False for padding
         tokens; the last entry of both stands for a plan's padding slots (``token_index == B * N``).
         ``spread`` (num_slots,) long: distinct rows that padding slots read, so that the backward's
-        index_add sees no hot spot. Built once per shape, not once per block.
+        index_add sees no hot spot. ``rows`` and ``is_pixel`` are built once per batch size.
         """
-        key = (batch, num_slots)
-        if key not in self._rows:
-            pixels = self.height * self.width
-            device = self.token_pixel.device
+        pixels = self.height * self.width
+        device = self.token_pixel.device
+
+        def build() -> tuple[Tensor, Tensor]:
             rows = (torch.arange(batch, device=device)[:, None] * pixels + self.token_pixel).flatten()
             is_pixel = (~self.token_is_padding).repeat(batch)
-            spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)
-            self._rows[key] = (torch.cat([rows, rows.new_zeros(1)]),
-                               torch.cat([is_pixel, is_pixel.new_zeros(1)]), spread)
-        return self._rows[key]
+            return torch.cat([rows, rows.new_zeros(1)]), torch.cat([is_pixel, is_pixel.new_zeros(1)])
+
+        rows, is_pixel = self._derive(("rows", batch), build)
+        spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)  # num_slots may vary per call
+        return rows, is_pixel, spread
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""
@@ -121,9 +134,30 @@ class WindowGrid:
 
     def shift_mask(self) -> Tensor:
         """(windows, L, L) additive mask: -100 between tokens of different shift regions."""
-        region = self.region.view(self.num_windows, -1)
-        different = region[:, :, None] != region[:, None, :]
-        return different.float() * SHIFT_MASK_VALUE
+        def build() -> Tensor:
+            region = self.region.view(self.num_windows, -1)
+            return (region[:, :, None] != region[:, None, :]).float() * SHIFT_MASK_VALUE
+
+        return self._derive("shift_mask", build)
+
+    def _derive(self, key, build: Callable[[], object]):
+        """``build()``, once per grid (per step under torch.compile, per shape in eager mode)."""
+        if key not in self._derived:
+            with _kept_tables():
+                self._derived[key] = build()
+        return self._derived[key]
+
+
+@functools.lru_cache(maxsize=32)  # 8 grids per input size: a few sizes' worth, a few MB each at detection sizes
+def _cached_grid(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowGrid:
+    with _kept_tables():
+        return WindowGrid.build(height, width, window=window, shift=shift, device=device)
+
+
+def _kept_tables() -> contextlib.AbstractContextManager:
+    """Tables kept across calls must be normal tensors even when first built under inference_mode
+    (an inference tensor cannot be saved for a later training step's backward)."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else torch.inference_mode(False)
 
 
 def _region_along(index: Tensor, size: int, window: int, shift: int) -> Tensor:

@@ -239,7 +239,7 @@ class SwinStage(nn.Module):
             selection.record_scores(self.stride // 2, selection.s_up)
         x = self.downsample(x)
         height, width = x.shape[1:3]
-        grid, shifted_grid = (WindowGrid.build(height, width, window=self.window, shift=shift, device=x.device)
+        grid, shifted_grid = (WindowGrid.cached(height, width, window=self.window, shift=shift, device=x.device)
                               for shift in (0, self.window // 2))
         selection.stride = self.stride
         if selection.s_up is not None:

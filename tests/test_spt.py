@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import spa_model
+from spa_model.layers import WindowGrid
 from spa_model.selection import gumbel_sigmoid
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
@@ -253,3 +254,17 @@ def test_spa_blocks_picks_single_blocks():
         spa_model.create_model("spt_tiny", **SMALL, spa_blocks=(8,))
     with pytest.raises(ValueError, match="spa_stages"):
         spa_model.create_model("spt_tiny", **SMALL, spa_stages=(4,))
+
+
+def test_grids_first_built_under_inference_mode_serve_a_later_training_step():
+    """Eager mode keeps a stage's grids and index tables across calls; built inside inference_mode
+    they must still be normal tensors, or the next training step could not save them for backward."""
+    spt = spa_model.create_model("spt_tiny", **SMALL, num_classes=3)
+    images = torch.randn(2, 3, 72, 104)  # a size no other test uses: the grids are built here
+    with torch.inference_mode():
+        spt.eval()(images)
+    spt.train()(images).sum().backward()
+    assert spt.stages[2].blocks[0].gate.weight.grad is not None
+    grid = WindowGrid.cached(9, 13, window=7, shift=3, device=torch.device("cpu"))
+    assert WindowGrid.cached(9, 13, window=7, shift=3, device=torch.device("cpu")) is grid
+    assert not grid.token_pixel.is_inference()
