@@ -103,7 +103,8 @@ class WindowGrid:
         each token (0 for padding tokens); ``is_pixel`` (batch * N + 1,) bool, False for padding
         tokens; the last entry of both stands for a plan's padding slots (``token_index == B * N``).
         ``spread`` (num_slots,) long: distinct rows that padding slots read, so that the backward's
-        index_add sees no hot spot. ``rows`` and ``is_pixel`` are built once per batch size.
+        index_add sees no hot spot. Each is built once per batch size (``spread`` grows to the
+        largest ``num_slots`` asked for and is sliced).
         """
         pixels = self.height * self.width
         device = self.token_pixel.device
@@ -114,8 +115,12 @@ class WindowGrid:
             return torch.cat([rows, rows.new_zeros(1)]), torch.cat([is_pixel, is_pixel.new_zeros(1)])
 
         rows, is_pixel = self._derive(("rows", batch), build)
-        spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)  # num_slots may vary per call
-        return rows, is_pixel, spread
+        spread = self._derived.get(("spread", batch))
+        if spread is None or spread.shape[0] < num_slots:  # num_slots varies with an exact capacity
+            with _kept_tables():
+                spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)
+                self._derived[("spread", batch)] = spread
+        return rows, is_pixel, spread[:num_slots]
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import spa_model
-from spa_model.layers import WindowGrid
+from spa_model.layers import WindowGrid, _cached_grid
 from spa_model.selection import gumbel_sigmoid
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
@@ -268,3 +268,20 @@ def test_grids_first_built_under_inference_mode_serve_a_later_training_step():
     grid = WindowGrid.cached(9, 13, window=7, shift=3, device=torch.device("cpu"))
     assert WindowGrid.cached(9, 13, window=7, shift=3, device=torch.device("cpu")) is grid
     assert not grid.token_pixel.is_inference()
+
+
+def test_a_cached_grid_serves_selections_of_any_size():
+    """With the exact capacity the slot count changes from call to call; the grid's cached tables must
+    serve a larger selection after a smaller one and the reverse, as a freshly built grid would."""
+    spt = spa_model.create_model("spt_tiny", **SMALL, num_classes=3, selector="gt").eval()
+    images = torch.randn(2, 3, 216, 280)  # a size no other test uses, several containers per image
+    grid_shapes = {s: (math.ceil(216 / s), math.ceil(280 / s)) for s in (8, 16, 32)}
+    sparse = {s: (torch.arange(h * w).view(1, h, w) % 5 == 0).float().expand(2, h, w)
+              for s, (h, w) in grid_shapes.items()}
+    dense = {s: torch.ones(2, h, w) for s, (h, w) in grid_shapes.items()}
+    with torch.no_grad():
+        first_sparse, grown, second_sparse = spt(images, sparse), spt(images, dense), spt(images, sparse)
+        _cached_grid.cache_clear()
+        fresh = spt(images, dense)
+    torch.testing.assert_close(second_sparse, first_sparse, rtol=0, atol=0)
+    torch.testing.assert_close(grown, fresh, rtol=0, atol=0)
