@@ -94,12 +94,10 @@ def box_labels(batch: int, height: int, width: int, ratio: float, seed: int, dev
     """One box per image covering ``ratio`` of the image, at a random 32-px-aligned place;
     labels per stride by max-pooling the pixel mask (as the loader's coverage > 0 rule)."""
     mask = torch.zeros(batch, 1, height, width)
-    if ratio == 0:  # no box: every selection is empty
-        return {s: F.max_pool2d(mask, s, ceil_mode=True)[:, 0].to(device) for s in (8, 16, 32)}
     generator = torch.Generator().manual_seed(seed)
     box_h = min(height, max(32, round(math.sqrt(ratio) * height / 32) * 32))
     box_w = min(width, max(32, round(ratio * height * width / box_h / 32) * 32))
-    for i in range(batch):  # setup only, not timed
+    for i in range(batch if ratio > 0 else 0):  # ratio 0: no box, every selection empty (setup, not timed)
         top = 32 * int(torch.randint(0, (height - box_h) // 32 + 1, (1,), generator=generator))
         left = 32 * int(torch.randint(0, (width - box_w) // 32 + 1, (1,), generator=generator))
         mask[i, 0, top:top + box_h, left:left + box_w] = 1

@@ -96,31 +96,30 @@ class WindowGrid:
     def is_padded(self) -> bool:
         return self.padded != (self.height, self.width)
 
-    def token_rows(self, batch: int, num_slots: int) -> tuple[Tensor, Tensor, Tensor]:
+    def token_rows(self, batch: int, num_slots: int) -> tuple[Tensor, Tensor]:
         """Index tables of a (batch, N) window-major token layout, shared by the blocks on this grid.
 
         Returns ``rows`` (batch * N + 1,) long, the row of the flattened (batch * H * W) map holding
-        each token (0 for padding tokens); ``is_pixel`` (batch * N + 1,) bool, False for padding
-        tokens; the last entry of both stands for a plan's padding slots (``token_index == B * N``).
-        ``spread`` (num_slots,) long: distinct rows that padding slots read, so that the backward's
-        index_add sees no hot spot. Each is built once per batch size (``spread`` grows to the
-        largest ``num_slots`` asked for and is sliced).
+        each token, -1 for padding tokens and for the last entry, which stands for a plan's padding
+        slots (``token_index == B * N``); ``spread`` (num_slots,) long: distinct rows that padding
+        slots and tokens read instead, so that the backward's index_add sees no hot spot. Each is
+        built once per batch size (``spread`` grows to the largest ``num_slots`` asked for and is sliced).
         """
         pixels = self.height * self.width
         device = self.token_pixel.device
 
-        def build() -> tuple[Tensor, Tensor]:
-            rows = (torch.arange(batch, device=device)[:, None] * pixels + self.token_pixel).flatten()
-            is_pixel = (~self.token_is_padding).repeat(batch)
-            return torch.cat([rows, rows.new_zeros(1)]), torch.cat([is_pixel, is_pixel.new_zeros(1)])
+        def build() -> Tensor:
+            rows = (torch.arange(batch, device=device)[:, None] * pixels + self.token_pixel)
+            rows = rows.masked_fill(self.token_is_padding, -1).flatten()
+            return torch.cat([rows, rows.new_full((1,), -1)])
 
-        rows, is_pixel = self._derive(("rows", batch), build)
+        rows = self._derive(("rows", batch), build)
         spread = self._derived.get(("spread", batch))
         if spread is None or spread.shape[0] < num_slots:  # num_slots varies with an exact capacity
             with _kept_tables():
                 spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)
                 self._derived[("spread", batch)] = spread
-        return rows, is_pixel, spread[:num_slots]
+        return rows, spread[:num_slots]
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""

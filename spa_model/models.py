@@ -165,9 +165,10 @@ class SpaBlock(SwinBlock):
             keep_windows = keep_windows.masked_fill(grid.token_is_padding, keeps_padding)
         plan = plan_packing(keep_windows, container_len=self.container_len,
                             per_image=self.spa.per_image_containers, capacity=self._capacity(keep_windows))
-        rows, is_pixel, spread = grid.token_rows(batch, plan.token_index.shape[0])
-        slot_is_pixel = is_pixel[plan.token_index]                              # (slots,)
-        slot_rows = torch.where(slot_is_pixel, rows[plan.token_index], spread)
+        rows, spread = grid.token_rows(batch, plan.token_index.shape[0])
+        slot_rows = rows[plan.token_index]                                      # (slots,), -1: no pixel
+        slot_is_pixel = slot_rows >= 0
+        slot_rows = torch.where(slot_is_pixel, slot_rows, spread)
         packed = tokens.reshape(-1, channels).index_select(0, slot_rows)
         if gate is not None:
             packed = packed * gate.reshape(-1, 1).index_select(0, slot_rows)
