@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR [--budget 330] [--quick]
         [--parts eager,sweep,compiled-inference,compiled-train,interleaved-{eager,compiled}-{inference,train}]
-        [--sizes 224,1280] [--labels REGEX] [--repeat N] [--rounds N]
+        [--sizes 224,1280] [--labels REGEX] [--repeat N] [--rounds N] [--trace] [--compile-mode MODE]
 
 Measures bf16-autocast inference and a training step (forward, backward, AdamW step) in img/s,
 eager and under ``torch.compile``, at 224x224 batch 256 and 1280x800 batch 8; peak training memory;
@@ -11,7 +11,8 @@ the stage 3-4 tokens (the "gt" selector), against the FLOPs ratio from ``spa_mod
 (the ideal speed-up); a sweep of the selection ratio (plot ``spt_speedup.png``). The
 ``interleaved-*`` parts build all models of one mode first and time them in turn for ``--rounds``
 rounds, for ratios that machine drift cannot skew; they add SPT-T with every selection empty, the
-speed no selection can beat. Writes
+speed no selection can beat; ``--trace`` then profiles each model's step into a Chrome trace and
+charges the GPU's idle time to the host ops it waited on. Writes
 ``bench_backbone.json`` after every measurement (machine, date, versions, numbers), so a run cut
 short keeps what it measured; work that does not fit ``--budget`` seconds is recorded as skipped.
 """
@@ -48,6 +49,7 @@ class Bench:
             "device": torch.cuda.get_device_name() if self.device.type == "cuda" else platform.processor(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": sys.version.split()[0], "dtype": "bfloat16 autocast", "quick": args.quick,
+            "compile_mode": args.compile_mode,
         }
 
     def elapsed(self) -> float:
@@ -164,7 +166,8 @@ def build_step(bench: Bench, *, name: str, size, batch: int, phase: str, compile
     model = make_model(name, device, bench.args.quick, **overrides)
     compute = make_compute(model)
     if compiled:  # static shapes: several models may share make_compute's code object
-        compute = torch.compile(compute, fullgraph=isinstance(model, spa_model.SwinTransformer), dynamic=False)
+        compute = torch.compile(compute, fullgraph=isinstance(model, spa_model.SwinTransformer), dynamic=False,
+                                mode=bench.args.compile_mode)
     return (inference_fn if phase == "inference" else train_fn)(model, compute, images, labels), model, images, labels
 
 
@@ -207,9 +210,11 @@ def selection_stats(model, images, labels) -> dict:
     """GMACs per image (our models), the mean selection ratio and the containers each SPA block used."""
     if not isinstance(model, spa_model.SwinTransformer):
         return {}
+    training = model.training  # restored: a compiled training step would recompile in eval mode
     with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16):
         model.eval()
         out = model.forward_features(images, labels)
+    model.train(training)
     stats = {"gmacs_per_image": spa_model.count_flops(model, out).total / 1e9}
     if out.select_ratios:
         stats["select_ratio"] = float(torch.stack(out.select_ratios).mean())
@@ -264,7 +269,26 @@ def interleaved(bench: Bench, variants: dict[str, dict], *, size, batch: int, ph
         bench.save()
     for label, fn in steps.items():
         rows[label]["host_ms"] = host_ms(fn, bench.device)
+        if bench.args.trace:
+            rows[label].update(trace_idle(fn, os.path.join(bench.args.out, f"trace_{label}_{width}x{height}.json.gz"), label))
     bench.save()
+
+
+def trace_idle(fn, path: str, label: str, steps: int = 2) -> dict:
+    """Profiles ``steps`` steps into a Chrome trace at ``path``; the GPU's busy and idle ms per step and
+    the host ops its idle time waited on (benchmarks/trace_gaps.py)."""
+    from torch.profiler import ProfilerActivity, profile
+    from trace_gaps import format_report, idle_report, load
+
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * torch.cuda.is_available()) as prof:
+        for _ in range(steps):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(path)
+    report = idle_report(load(path), steps, top=8)
+    print(format_report(label, report), file=sys.stderr, flush=True)
+    return {f"trace_{k}": v for k, v in report.items()}
 
 
 def static_capacity(size, batch: int, keep: float, window: int = 7) -> float:
@@ -293,6 +317,10 @@ def main() -> None:
                              "interleaved-{eager,compiled}-{inference,train}")
     parser.add_argument("--repeat", type=int, default=1, help="run the eager section this many times")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the interleaved-* parts")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs: no host launch cost)")
+    parser.add_argument("--trace", action="store_true",
+                        help="interleaved-*: after the rounds, trace each model's steps (GPU idle time by host op)")
     parser.add_argument("--labels", default="", help="regex: measure only the rows whose label matches")
     parser.add_argument("--sizes", default="224,1280", help="comma-separated: 224 (batch 256), 1280 (1280x800, batch 8)")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 # Everything this project measures or tests on a GPU, in as few device calls as possible:
 #   bash benchmarks/gpu_suite.sh OUT_DIR [part ...]
 #   parts: tests packed profile backbone compiled-inference compiled-train loader realcheck rpb
-#          (not by default:) interleaved-compiled-train-{224,1280} host-profile
+#          (not by default:) interleaved-compiled-train-{224,1280} cudagraphs-train-{224,1280} host-profile
 # Wheels the machine lacks (pycocotools) are installed from .whl/ when present; the Tiny ImageNet
 # sample for the real check is read from $SPA_FIXTURES (default .fixtures, a copy of ../shared/fixtures).
 set -uo pipefail
@@ -27,7 +27,11 @@ for part in $parts; do
     # the training ratios timed in turn, with each step's host time (about 70 s of compiling per model)
     interleaved-compiled-train-*)
                timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
-                 --rounds 5 --out "$out/$part" 2>&1 | tail -8 ;;
+                 --rounds 5 --trace --out "$out/$part" 2>&1 | tail -40 ;;
+    # the same under CUDA graphs: what a host-bound compiled step gains when launches cost nothing
+    cudagraphs-train-*)
+               timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
+                 --rounds 5 --compile-mode reduce-overhead --labels '^(swin_t|spt_t_gt25_static)$' --out "$out/$part" 2>&1 | tail -8 ;;
     host-profile) timeout 300 python3 benchmarks/profile_backbone.py --compile --host --phases train --out "$out/host" \
                  > "$out/host_profile.log" 2>&1; head -9 "$out/host/profile_train_compiled_host.txt" ;;
     compiled-*) timeout 560 python3 benchmarks/bench_backbone.py --parts "$part" --budget 520 --out "$out/$part" 2>&1 | tail -20 ;;

@@ -195,7 +195,9 @@ def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_in
 # Under torch.compile the kernels run as custom ops: opaque calls with a known output shape (no
 # tracing into the Triton launch, no graph break), paired for autograd. Eager mode calls them through
 # an autograd.Function instead, whose dispatch costs a fraction of a custom op's (the kernels take
-# tens of microseconds).
+# tens of microseconds). torch.library.triton_op, which lets Inductor launch the kernels itself, was
+# measured and rejected: the kernels it built ran 2-3x slower (H200, torch 2.11: 4.35 against 1.36 ms
+# per SPT-T training step at 1280x800), more than the host time it saves.
 _forward = torch.library.custom_op("spa::packed_attention_forward", mutates_args=())(_forward_impl)
 _backward = torch.library.custom_op("spa::packed_attention_backward", mutates_args=())(_backward_impl)
 
