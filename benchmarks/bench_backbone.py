@@ -270,7 +270,8 @@ def interleaved(bench: Bench, variants: dict[str, dict], *, size, batch: int, ph
     for label, fn in steps.items():
         rows[label]["host_ms"] = host_ms(fn, bench.device)
         if bench.args.trace:
-            rows[label].update(trace_idle(fn, os.path.join(bench.args.out, f"trace_{label}_{width}x{height}.json.gz"), label))
+            path = os.path.join(bench.args.out, f"trace_{label}_{width}x{height}.json.gz")
+            rows[label].update(trace_idle(fn, path, label))
     bench.save()
 
 

@@ -3,13 +3,14 @@
 One program per (container, group of heads). It reads its q, k and v rows straight out of the packed qkv
 projection ((containers * L, 3C), no permuted copies), builds the attention rule on the fly from
 the plan's token_index (image = token // N), an (N, 3) int32 table of (region, row, col) per
-token position and the ((2M-1)^2, heads) bias table, and writes its head's slice of the
+token position and the bias table, transposed to (heads, (2M-1)^2), and writes its head's slice of the
 (containers * L, C) output plus the row log-sum-exp for backward.
 Nothing of size (containers, heads, L, L) ever reaches memory, which is what the SDPA path pays for.
 
 Backward recomputes the scores from the saved log-sum-exp (FlashAttention style), writes dq, dk, dv
-into a (containers * L, 3C) gradient in the same layout, and adds the bias gradient into the table
-with atomics spread over ``_DTABLE_GROUPS`` partial copies (fewer collisions on the 169 entries).
+into a (containers * L, 3C) gradient in the same layout, and adds the bias gradient with atomics
+into ``_DTABLE_GROUPS`` partial copies of the table (fewer collisions on the 169 entries), which the
+caller sums.
 
 A container fits one block (L <= BLOCK_L = next power of two >= 16), so there is no online softmax.
 float32 inputs use IEEE float32 dots (no tf32), matching the SDPA path's precision.
@@ -151,79 +152,86 @@ def _launch(pass_: str, length: int, num_heads: int, head_dim: int, dtype: torch
                 num_warps=LAUNCH[pass_]["num_warps"])
 
 
-def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, position_info: Tensor, length: int,
+def _forward_impl(qkv: Tensor, table_t: Tensor | None, token_index: Tensor, position_info: Tensor, length: int,
                   num_heads: int, num_tokens: int, total_tokens: int, window: int, scale: float
                   ) -> tuple[Tensor, Tensor]:
-    """(out, lse): attention output (slots, C) and the row log-sum-exp (slots, heads) for backward."""
+    """(out, lse): attention output (slots, C) and the row log-sum-exp (slots, heads) for backward.
+    table_t: the bias table as (heads, table), contiguous."""
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     out = torch.empty(num_slots, channels, dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty(num_slots, num_heads, dtype=torch.float32, device=qkv.device)
     if num_slots:
-        # (heads, table): one head's entries are contiguous, so a warp's gathers touch few lines.
-        table_t = table.t().contiguous() if table is not None else position_info  # unused without bias
+        # without bias, any valid pointer stands in for the table (never read)
+        table_ptr = table_t.contiguous() if table_t is not None else position_info
         config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
         _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-            qkv, token_index, position_info, table_t, out, lse, table_t.shape[-1], length, channels,
+            qkv, token_index, position_info, table_ptr, out, lse, table_ptr.shape[-1], length, channels,
             num_heads, channels // num_heads, num_tokens, total_tokens, scale, WINDOW=window,
-            HAS_BIAS=table is not None, **config)
+            HAS_BIAS=table_t is not None, **config)
     return out, lse
 
 
-def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_index: Tensor,
+def _backward_impl(grad_out: Tensor, qkv: Tensor, table_t: Tensor | None, token_index: Tensor,
                    position_info: Tensor, out: Tensor, lse: Tensor, length: int, num_heads: int, num_tokens: int,
                    total_tokens: int, window: int, scale: float) -> tuple[Tensor, Tensor]:
-    """(grad_qkv, grad_table); grad_table is (0,) without a table."""
+    """(grad_qkv, grad_table_groups): the bias gradient in float32 as ``_DTABLE_GROUPS`` partial
+    (heads, table) sums, left for the caller to add up; (0,) without a table."""
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     grad_qkv = torch.empty_like(qkv)
-    has_bias = table is not None
-    table_size = table.shape[0] if has_bias else 1
-    grad_table = torch.zeros(_DTABLE_GROUPS, num_heads, table_size, dtype=torch.float32, device=qkv.device)
+    has_bias = table_t is not None
+    table_size = table_t.shape[1] if has_bias else 1
+    grad_table = torch.zeros(_DTABLE_GROUPS if has_bias else 0, num_heads, table_size, dtype=torch.float32,
+                             device=qkv.device)
     if num_slots:
-        table_t = table.t().contiguous() if has_bias else position_info
         config = _launch("backward", length, num_heads, channels // num_heads, qkv.dtype)
+        unused = position_info  # without bias, any valid pointer stands in for the table and its gradient
+        table_ptr, grad_table_ptr = (table_t.contiguous(), grad_table) if has_bias else (unused, unused)
         _backward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-            qkv, token_index, position_info, table_t, out, lse, grad_out.contiguous(), grad_qkv,
-            grad_table, table_size, length, channels, num_heads, channels // num_heads, num_tokens,
-            total_tokens, scale, WINDOW=window, HAS_BIAS=has_bias, GROUPS=_DTABLE_GROUPS, **config)
-    if not has_bias:
-        return grad_qkv, grad_qkv.new_empty(0)
-    return grad_qkv, grad_table.sum(0).t().to(table.dtype).contiguous()
+            qkv, token_index, position_info, table_ptr, out, lse, grad_out.contiguous(), grad_qkv, grad_table_ptr,
+            table_size, length, channels, num_heads, channels // num_heads, num_tokens, total_tokens, scale,
+            WINDOW=window, HAS_BIAS=has_bias, GROUPS=_DTABLE_GROUPS, **config)
+    return grad_qkv, grad_table
 
 
 # Under torch.compile the kernels run as custom ops: opaque calls with a known output shape (no
 # tracing into the Triton launch, no graph break), paired for autograd. Eager mode calls them through
 # an autograd.Function instead, whose dispatch costs a fraction of a custom op's (the kernels take
-# tens of microseconds). torch.library.triton_op, which lets Inductor launch the kernels itself, was
-# measured and rejected: the kernels it built ran 2-3x slower (H200, torch 2.11: 4.35 against 1.36 ms
-# per SPT-T training step at 1280x800), more than the host time it saves.
+# tens of microseconds). The ops hold the kernels and their outputs only: the table's transpose and
+# the sum of the bias gradient's partial copies run outside, where Inductor fuses them and launches
+# them from its own code; each eager op inside a custom op costs host time in a compiled step, which
+# at 1280x800 batch 8 leaves the GPU waiting. torch.library.triton_op, which lets Inductor launch
+# the kernels itself, was measured and rejected: the kernels it built ran 2-3x slower (H200, torch
+# 2.11: 4.35 against 1.36 ms per SPT-T training step at 1280x800), more than the host time it saves.
 _forward = torch.library.custom_op("spa::packed_attention_forward", mutates_args=())(_forward_impl)
 _backward = torch.library.custom_op("spa::packed_attention_backward", mutates_args=())(_backward_impl)
 
 
 @_forward.register_fake
-def _(qkv, table, token_index, position_info, length, num_heads, num_tokens, total_tokens, window, scale):
+def _(qkv, table_t, token_index, position_info, length, num_heads, num_tokens, total_tokens, window, scale):
     return (qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3),
             qkv.new_empty(qkv.shape[0], num_heads, dtype=torch.float32))
 
 
 @_backward.register_fake
-def _(grad_out, qkv, table, token_index, position_info, out, lse, length, num_heads, num_tokens,
+def _(grad_out, qkv, table_t, token_index, position_info, out, lse, length, num_heads, num_tokens,
       total_tokens, window, scale):
-    return torch.empty_like(qkv), (torch.empty_like(table) if table is not None else qkv.new_empty(0))
+    groups, table_size = (_DTABLE_GROUPS, table_t.shape[1]) if table_t is not None else (0, 1)
+    return torch.empty_like(qkv), qkv.new_empty(groups, num_heads, table_size, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
-    qkv, table, token_index, position_info, *static = inputs
-    ctx.save_for_backward(qkv, table, token_index, position_info, *output)
+    qkv, table_t, token_index, position_info, *static = inputs
+    ctx.save_for_backward(qkv, table_t, token_index, position_info, *output)
     ctx.static = static
 
 
 def _gradients(ctx, grad_out: Tensor, backward) -> tuple:
-    qkv, table, token_index, position_info, out, lse = ctx.saved_tensors
-    grad_qkv, grad_table = backward(grad_out, qkv, table, token_index, position_info, out, lse, *ctx.static)
-    return grad_qkv, (grad_table if table is not None else None), None, None, *([None] * len(ctx.static))
+    qkv, table_t, token_index, position_info, out, lse = ctx.saved_tensors
+    grad_qkv, grad_groups = backward(grad_out, qkv, table_t, token_index, position_info, out, lse, *ctx.static)
+    grad_table = grad_groups.sum(0).to(table_t.dtype) if table_t is not None else None
+    return grad_qkv, grad_table, None, None, *([None] * len(ctx.static))
 
 
 _forward.register_autograd(lambda ctx, grad_out, grad_lse: _gradients(ctx, grad_out, _backward),
@@ -234,8 +242,8 @@ class _PackedAttention(torch.autograd.Function):
     """The same pair as the custom ops, for eager mode."""
 
     @staticmethod
-    def forward(qkv, table, token_index, position_info, *static):
-        return _forward_impl(qkv, table, token_index, position_info, *static)
+    def forward(qkv, table_t, token_index, position_info, *static):
+        return _forward_impl(qkv, table_t, token_index, position_info, *static)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -257,7 +265,9 @@ def triton_packed_attention(qkv: Tensor, plan: PackPlan, *, region: Tensor, coor
     num_tokens = region.shape[0]
     position_info = torch.cat([region[:, None], coords], 1).to(torch.int32)  # (N, 3): region, row, col
     total_tokens = int(plan.token_slot.shape[0])  # B * N, a shape: no sync
+    # (heads, table): one head's entries are contiguous, so a warp's gathers touch few lines.
+    table_t = rel_pos_table.t().contiguous() if rel_pos_table is not None else None
     attend = _forward if torch.compiler.is_compiling() else _PackedAttention.apply
-    out, _ = attend(qkv, rel_pos_table, plan.token_index, position_info, plan.container_len, num_heads,
+    out, _ = attend(qkv, table_t, plan.token_index, position_info, plan.container_len, num_heads,
                     max(num_tokens, 1), total_tokens, window, scale)
     return out

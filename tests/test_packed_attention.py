@@ -396,11 +396,12 @@ if __name__ == "__main__":  # the interpreted check runs here, in a fresh proces
     # The ops' fake kernels and autograd registration agree with the real ones (shapes, strides).
     plan = plan_packing(keep, container_len=9, capacity=8)
     position_info = torch.cat([region[:, None], coords], 1).to(torch.int32)
-    table = kwargs["rel_pos_table"].detach().requires_grad_()
+    table_t = kwargs["rel_pos_table"].detach().t().contiguous().requires_grad_()
     qkv = torch.randn(plan.token_index.shape[0], 48, requires_grad=True)
     static = (9, 2, 36, 72, 3, 8 ** -0.5)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(kernels._forward, (qkv, table, plan.token_index, position_info, *static), test_utils=tests)
-    out, lse = kernels._forward(qkv, table, plan.token_index, position_info, *static)
-    torch.library.opcheck(kernels._backward, (torch.randn_like(out), qkv.detach(), table.detach(), plan.token_index,
-                                              position_info, out.detach(), lse, *static), test_utils=tests)
+    torch.library.opcheck(kernels._forward, (qkv, table_t, plan.token_index, position_info, *static), test_utils=tests)
+    out, lse = kernels._forward(qkv, table_t, plan.token_index, position_info, *static)
+    for table in (table_t.detach(), None):
+        torch.library.opcheck(kernels._backward, (torch.randn_like(out), qkv.detach(), table, plan.token_index,
+                                                  position_info, out.detach(), lse, *static), test_utils=tests)
