@@ -265,8 +265,9 @@ class SwinTransformer(nn.Module):
         self.strides = [cfg.patch_size * 2 ** i for i in range(len(cfg.depths))]
         starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
         spa_blocks = spa_block_indices(cfg)
-        first_spa = next((i for i, start in enumerate(starts) if spa_blocks & set(range(start, start + cfg.depths[i]))),
-                         None)
+        stage_spa_blocks = [{b - start for b in spa_blocks if start <= b < start + depth}  # 0-based in the stage
+                            for start, depth in zip(starts, cfg.depths)]
+        first_spa = next((i for i, blocks in enumerate(stage_spa_blocks) if blocks), None)
         self.selector = _SELECTOR_BUILDERS[cfg.spa.selector](cfg.spa) if cfg.spa else AllSelector()
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.embed_dim, cfg.patch_size)
         total = sum(cfg.depths)  # stochastic depth grows linearly over all blocks (as torchvision)
@@ -275,7 +276,7 @@ class SwinTransformer(nn.Module):
             SwinStage(dim=dims[i], num_heads=cfg.num_heads[i], window=cfg.window_size,
                       mlp_ratio=cfg.mlp_ratio, drop_paths=rates[starts[i]:starts[i] + depth],
                       stride=self.strides[i], downsample=i > 0, spa=cfg.spa,
-                      spa_blocks={b - starts[i] for b in spa_blocks if starts[i] <= b < starts[i] + depth},
+                      spa_blocks=stage_spa_blocks[i],
                       entry_gate=i == first_spa and i > 0)
             for i, depth in enumerate(cfg.depths))
         self.norm = nn.LayerNorm(dims[-1])

@@ -152,6 +152,11 @@ def _launch(pass_: str, length: int, num_heads: int, head_dim: int, dtype: torch
                 num_warps=LAUNCH[pass_]["num_warps"])
 
 
+def _table_arguments(table_t: Tensor | None, *, stand_in: Tensor) -> tuple[Tensor, int]:
+    """(table, entries per head) for a kernel; without bias any valid tensor stands in (never read)."""
+    return (table_t.contiguous(), table_t.shape[1]) if table_t is not None else (stand_in, 1)
+
+
 def _forward_impl(qkv: Tensor, table_t: Tensor | None, token_index: Tensor, position_info: Tensor, length: int,
                   num_heads: int, num_tokens: int, total_tokens: int, window: int, scale: float
                   ) -> tuple[Tensor, Tensor]:
@@ -162,11 +167,10 @@ def _forward_impl(qkv: Tensor, table_t: Tensor | None, token_index: Tensor, posi
     out = torch.empty(num_slots, channels, dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty(num_slots, num_heads, dtype=torch.float32, device=qkv.device)
     if num_slots:
-        # without bias, any valid pointer stands in for the table (never read)
-        table_ptr = table_t.contiguous() if table_t is not None else position_info
+        table, table_size = _table_arguments(table_t, stand_in=position_info)
         config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
         _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-            qkv, token_index, position_info, table_ptr, out, lse, table_ptr.shape[-1], length, channels,
+            qkv, token_index, position_info, table, out, lse, table_size, length, channels,
             num_heads, channels // num_heads, num_tokens, total_tokens, scale, WINDOW=window,
             HAS_BIAS=table_t is not None, **config)
     return out, lse
@@ -176,22 +180,21 @@ def _backward_impl(grad_out: Tensor, qkv: Tensor, table_t: Tensor | None, token_
                    position_info: Tensor, out: Tensor, lse: Tensor, length: int, num_heads: int, num_tokens: int,
                    total_tokens: int, window: int, scale: float) -> tuple[Tensor, Tensor]:
     """(grad_qkv, grad_table_groups): the bias gradient in float32 as ``_DTABLE_GROUPS`` partial
-    (heads, table) sums, left for the caller to add up; (0,) without a table."""
+    (heads, table) sums, left for the caller to add up; empty (0, heads, 1) without a table."""
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     grad_qkv = torch.empty_like(qkv)
     has_bias = table_t is not None
-    table_size = table_t.shape[1] if has_bias else 1
+    table, table_size = _table_arguments(table_t, stand_in=position_info)
     grad_table = torch.zeros(_DTABLE_GROUPS if has_bias else 0, num_heads, table_size, dtype=torch.float32,
                              device=qkv.device)
     if num_slots:
         config = _launch("backward", length, num_heads, channels // num_heads, qkv.dtype)
-        unused = position_info  # without bias, any valid pointer stands in for the table and its gradient
-        table_ptr, grad_table_ptr = (table_t.contiguous(), grad_table) if has_bias else (unused, unused)
         _backward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-            qkv, token_index, position_info, table_ptr, out, lse, grad_out.contiguous(), grad_qkv, grad_table_ptr,
-            table_size, length, channels, num_heads, channels // num_heads, num_tokens, total_tokens, scale,
-            WINDOW=window, HAS_BIAS=has_bias, GROUPS=_DTABLE_GROUPS, **config)
+            qkv, token_index, position_info, table, out, lse, grad_out.contiguous(), grad_qkv,
+            grad_table if has_bias else position_info, table_size, length, channels, num_heads,
+            channels // num_heads, num_tokens, total_tokens, scale, WINDOW=window, HAS_BIAS=has_bias,
+            GROUPS=_DTABLE_GROUPS, **config)
     return grad_qkv, grad_table
 
 
