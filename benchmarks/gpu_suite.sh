@@ -2,7 +2,8 @@
 # Everything this project measures or tests on a GPU, in as few device calls as possible:
 #   bash benchmarks/gpu_suite.sh OUT_DIR [part ...]
 #   parts: tests packed profile backbone compiled-inference compiled-train loader realcheck rpb
-#          (not by default:) interleaved-compiled-train-{224,1280} cudagraphs-train-{224,1280} host-profile
+#          (not by default:) interleaved-compiled-train-{224,1280} cudagraphs-train-{224,1280} host-profile rpb-seeds
+#   SPA_LABELS=REGEX limits the interleaved-* parts to the rows whose label matches
 # Wheels the machine lacks (pycocotools) are installed from .whl/ when present; the Tiny ImageNet
 # sample for the real check is read from $SPA_FIXTURES (default .fixtures, a copy of ../shared/fixtures).
 set -uo pipefail
@@ -27,7 +28,7 @@ for part in $parts; do
     # the training ratios timed in turn, with each step's host time (about 70 s of compiling per model)
     interleaved-compiled-train-*)
                timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
-                 --rounds 5 --trace --out "$out/$part" 2>&1 | tail -40 ;;
+                 --rounds 5 --trace --labels "${SPA_LABELS:-}" --out "$out/$part" 2>&1 | tail -40 ;;
     # the same under CUDA graphs: what a host-bound compiled step gains when launches cost nothing
     cudagraphs-train-*)
                timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
@@ -42,5 +43,9 @@ for part in $parts; do
                  timeout 200 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --models spt_tiny \
                    --epochs 60 --budget-s 1000 --set "model_args={threshold: 0.5, relative_position: $rpb}" --out "$out/rpb_$rpb" 2>&1 | tail -4
                done ;;
+    # the same as paired seeds, six runs at a time, pooled with the seeds in benchmarks/results
+    rpb-seeds) OMP_NUM_THREADS=2 timeout 570 python3 benchmarks/rpb_accuracy.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" \
+                 --seeds ${SPA_SEEDS:-2 3 4 5 6 7} --parallel 6 --out "$out/rpb_seeds" \
+                 --include benchmarks/results/real_check/rpb_*_seed*_h200.json 2>&1 | tail -14 ;;
   esac
 done
