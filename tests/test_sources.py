@@ -166,9 +166,9 @@ def _voc_tree(tmp_path: Path, xml: str, splits: dict | None = None) -> Path:
 
 def test_voc_box_convention_and_xml_variants(tmp_path):
     # float coordinates, no truncated/difficult/pose, other element order, unknown extra element
-    root = _voc_tree(tmp_path, VOC_XML.format(h=10, w=10, extra="<object><name>dog</name><extra/>"
-                     "<bndbox><xmin>8.5</xmin><ymin>9</ymin><xmax>14</xmax><ymax>10</ymax></bndbox></object>"),
-                     splits={"train": ["a"]})
+    _voc_tree(tmp_path, VOC_XML.format(h=10, w=10, extra="<object><name>dog</name><extra/>"
+              "<bndbox><xmin>8.5</xmin><ymin>9</ymin><xmax>14</xmax><ymax>10</ymax></bndbox></object>"),
+              splits={"train": ["a"]})
     (record,) = read_all(open_source("voc", tmp_path, "train"))
     cat, dog = record.objects
     assert cat.box == (0, 0, 3, 3) and not cat.truncated and not cat.difficult
