@@ -198,12 +198,18 @@ def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str
                      **selection_stats(model, images, labels))
         return bench.results[-1]
     except Exception as error:  # one failing configuration must not end the benchmark
-        bench.record(**row, error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+        bench.record(**row, error=one_line(error))
         return None
     finally:
         torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def one_line(error: Exception) -> str:
+    """An error as one short line for a result row."""
+    first = (str(error).splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def selection_stats(model, images, labels) -> dict:
@@ -257,7 +263,7 @@ def interleaved(bench: Bench, variants: dict[str, dict], *, size, batch: int, ph
                                        **selection_stats(model, images, labels))
             steps[label] = fn
         except Exception as error:
-            bench.record(**row, error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            bench.record(**row, error=one_line(error))
     samples: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(rounds):
         for label, fn in steps.items():

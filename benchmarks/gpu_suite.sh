@@ -2,8 +2,9 @@
 # Everything this project measures or tests on a GPU, in as few device calls as possible:
 #   bash benchmarks/gpu_suite.sh OUT_DIR [part ...]
 #   parts: tests packed profile backbone compiled-inference compiled-train loader realcheck rpb
-#          (not by default:) interleaved-compiled-train-{224,1280} cudagraphs-train-{224,1280} host-profile rpb-seeds
-#   SPA_LABELS=REGEX limits the interleaved-* parts to the rows whose label matches
+#          (not by default:) interleaved-compiled-train-{224,1280} cudagraphs-train-{224,1280} host-profile
+#   SPA_LABELS=REGEX limits the interleaved/cudagraphs parts to the rows whose label matches;
+#   SPA_SEEDS="N ..." sets the rpb part's seeds
 # Wheels the machine lacks (pycocotools) are installed from .whl/ when present; the Tiny ImageNet
 # sample for the real check is read from $SPA_FIXTURES (default .fixtures, a copy of ../shared/fixtures).
 set -uo pipefail
@@ -25,27 +26,24 @@ for part in $parts; do
                timeout 40 python3 benchmarks/bench_packed_attention.py --graphs --out "$out/graphs" 2>&1 | tail -12 ;;
     profile)   timeout 120 python3 benchmarks/profile_backbone.py --out "$out" > "$out/profile.log" 2>&1; tail -5 "$out/profile.log" ;;
     backbone)  timeout 250 python3 benchmarks/bench_backbone.py --parts eager,sweep --repeat 2 --budget 220 --out "$out" 2>&1 | tail -40 ;;
-    # the training ratios timed in turn, with each step's host time (about 70 s of compiling per model)
-    interleaved-compiled-train-*)
+    # the training ratios timed in turn, with each step's host time and a trace (about 70 s of compiling
+    # per model); cudagraphs-*: the same under CUDA graphs, what a step gains when launches cost nothing
+    interleaved-compiled-train-*|cudagraphs-train-*)
+               case $part in
+                 cudagraphs-*) flags=(--compile-mode reduce-overhead --labels "${SPA_LABELS:-^(swin_t|spt_t_gt25_static)$}") ;;
+                 *)            flags=(--trace --labels "${SPA_LABELS:-}") ;;
+               esac
                timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
-                 --rounds 5 --trace --labels "${SPA_LABELS:-}" --out "$out/$part" 2>&1 | tail -40 ;;
-    # the same under CUDA graphs: what a host-bound compiled step gains when launches cost nothing
-    cudagraphs-train-*)
-               timeout 560 python3 benchmarks/bench_backbone.py --parts interleaved-compiled-train --sizes "${part##*-}" \
-                 --rounds 5 --compile-mode reduce-overhead --labels '^(swin_t|spt_t_gt25_static)$' --out "$out/$part" 2>&1 | tail -8 ;;
+                 --rounds 5 "${flags[@]}" --out "$out/$part" 2>&1 | tail -40 ;;
     host-profile) timeout 300 python3 benchmarks/profile_backbone.py --compile --host --phases train --out "$out/host" \
                  > "$out/host_profile.log" 2>&1; head -9 "$out/host/profile_train_compiled_host.txt" ;;
     compiled-*) timeout 560 python3 benchmarks/bench_backbone.py --parts "$part" --budget 520 --out "$out/$part" 2>&1 | tail -20 ;;
     loader)    timeout 90 python3 benchmarks/bench_loader.py --device cuda --out "$out/bench_loader.json" 2>&1 | tail -20 ;;
     realcheck) timeout 520 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --budget-s 95 --out "$out" 2>&1 | tail -30 ;;
-    # the accuracy cost of the relative-position bias inside containers (SPT-T, threshold 0.5, 60 epochs)
-    rpb)       for rpb in false true; do
-                 timeout 200 python3 benchmarks/real_check_ins.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" --models spt_tiny \
-                   --epochs 60 --budget-s 1000 --set "model_args={threshold: 0.5, relative_position: $rpb}" --out "$out/rpb_$rpb" 2>&1 | tail -4
-               done ;;
-    # the same as paired seeds, six runs at a time, pooled with the seeds in benchmarks/results
-    rpb-seeds) OMP_NUM_THREADS=2 timeout 570 python3 benchmarks/rpb_accuracy.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" \
-                 --seeds ${SPA_SEEDS:-2 3 4 5 6 7} --parallel 6 --out "$out/rpb_seeds" \
+    # the accuracy cost of the relative-position bias inside containers (SPT-T, threshold 0.5, 60 epochs):
+    # paired seeds, six runs at a time, pooled with the seeds already in benchmarks/results
+    rpb)       OMP_NUM_THREADS=2 timeout 570 python3 benchmarks/rpb_accuracy.py --fixtures "$SPA_FIXTURES/tiny-imagenet-200" \
+                 --seeds ${SPA_SEEDS:-2 3 4 5 6 7} --parallel 6 --out "$out/rpb" \
                  --include benchmarks/results/real_check/rpb_*_seed*_h200.json 2>&1 | tail -14 ;;
   esac
 done
