@@ -5,7 +5,7 @@ SPT (the paper's Select and Pack Transformer) is a Swin whose stages listed in
 exactly the blocks listed in ``SpaConfig.spa_blocks`` (0-based over all stages). Both share
 parameter names, so Swin weights load into SPT unchanged (gates start fresh).
 
-Decisions (the README copies them):
+Decisions (docs/design.md gives the reasons at more length):
 
 * Scores: the first SPA stage holds an ``entry_gate`` (LayerNorm + Linear) on its input, i.e. on
   stage 2's output r2: s0 at stride 8. Every SPA block computes ``s = max(gate(norm1(r)), s_up)``
