@@ -4,11 +4,17 @@
 >>> model = spa_model.create_model("spt_tiny", num_classes=200, selector="gumbel")
 >>> out = model.forward_features(images, select_labels)   # FeatureOutput
 >>> loss = task_loss + 0.01 * spa_model.selection_loss(out.scores, select_labels)
+>>> spa_model.update_token_budgets(model)                  # once per optimizer step (static budgets)
+>>> with spa_model.cuda_graphs(model.eval()):              # inference: one CUDA graph per input shape
+...     out = model.forward_features(images)
 """
+from .budget import BudgetPolicy, update_token_budgets
 from .flops import FlopsReport, count_flops
+from .inference import GraphedFeatures, cuda_graphs
 from .models import (FeatureOutput, SpaConfig, SwinConfig, SwinTransformer, create_model, list_models,
                      register_model)
 from .selection import selection_loss
 
 __all__ = ["create_model", "list_models", "register_model", "SwinConfig", "SpaConfig", "SwinTransformer",
-           "FeatureOutput", "selection_loss", "count_flops", "FlopsReport"]
+           "FeatureOutput", "selection_loss", "count_flops", "FlopsReport", "BudgetPolicy", "update_token_budgets",
+           "GraphedFeatures", "cuda_graphs"]

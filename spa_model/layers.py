@@ -43,7 +43,7 @@ class WindowGrid:
         region: (N,) long shift-region id of each token (zeros when unshifted).
         token_pixel: (N,) long, row-major index into the unpadded (H, W) map of each window-major
             token (0 for padding tokens): gathers straight from the map replace pad, roll, partition.
-        token_is_padding: (N,) bool, window padding tokens.
+        token_is_padding: (N,) bool, window padding tokens; ``token_is_real`` its negation.
     """
 
     height: int
@@ -55,6 +55,7 @@ class WindowGrid:
     region: Tensor
     token_pixel: Tensor
     token_is_padding: Tensor
+    token_is_real: Tensor
     # tables derived on first use and shared by the blocks of a stage (see token_rows, shift_mask)
     _derived: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -75,7 +76,7 @@ class WindowGrid:
         source_col = (coords[:, 1] + shifts[1]) % padded[1]
         is_padding = (source_row >= height) | (source_col >= width)
         token_pixel = torch.where(is_padding, 0, source_row * width + source_col)
-        return WindowGrid(height, width, padded, window, shifts, coords, region, token_pixel, is_padding)
+        return WindowGrid(height, width, padded, window, shifts, coords, region, token_pixel, is_padding, ~is_padding)
 
     @staticmethod
     def cached(height: int, width: int, *, window: int, shift: int, device: torch.device) -> "WindowGrid":
@@ -87,6 +88,16 @@ class WindowGrid:
     @property
     def num_windows(self) -> int:
         return (self.padded[0] // self.window) * (self.padded[1] // self.window)
+
+    @property
+    def num_padding(self) -> int:
+        """Window padding tokens of one image."""
+        return self.padded[0] * self.padded[1] - self.height * self.width
+
+    @property
+    def positions(self) -> Tensor:
+        """(N, 3) int32 (region, row, col) of each window-major token: what packed attention reads."""
+        return self._derive("positions", lambda: torch.cat([self.region[:, None], self.coords], 1).to(torch.int32))
 
     @property
     def is_shifted(self) -> bool:

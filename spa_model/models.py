@@ -24,14 +24,12 @@ Decisions (docs/design.md gives the reasons at more length):
   batch-invariant) by default, ``per_image_containers=False`` for the paper's layout. Relative
   position inside a container: Swin's table at the clamped offset (see
   :mod:`spa_model.packed_attention`); ``relative_position=False`` drops the bias in SPA blocks.
-* Capacity (containers allocated per SPA block): ``"exact"`` (one host sync per SPA block),
-  ``"bucket"`` (the same sync, rounded up to 4 steps per octave so torch.compile sees few shapes),
-  or a float r, a token budget: room for ``r`` of each image's N window-major tokens, i.e.
-  ``B * ceil(ceil(r * N) / L)`` containers (capped at the most any selection needs), with no host
-  sync; a device assert fires if a selection needs more. That is what CUDA graphs and
-  torch.compile want. A budget rather than a fraction of the maximum container count: with
-  per-image containers a small map (stage 4 at 224: one window) needs its one container per image
-  whatever the ratio, and one fraction for all blocks would then over-allocate the larger maps.
+* Capacity (containers per image, per SPA block): ``"auto"`` (default) a static token budget each
+  block learns from the selections its gate makes in training (:mod:`spa_model.budget`; no host
+  sync, one shape for torch.compile and CUDA graphs; a fresh model's budget is 1.0, everything);
+  a float r, a fixed budget of r of each image's tokens; ``"exact"``, the containers needed (one
+  host sync per SPA block). Selections beyond a static budget drop their last tokens from attention
+  and are counted (``FeatureOutput.dropped``): see docs/design.md, "Capacity and token budgets".
 * Features: ``features[0..2]`` are the raw stage outputs, ``features[3]`` the final-normed stage 4
   (what torchvision's ``swin_t().features`` + ``norm`` give); layout NCHW.
 """
@@ -47,13 +45,14 @@ from torch import Tensor, nn
 from torchvision.ops import stochastic_depth
 
 from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid
-from .packed_attention import packed_attention
+from .budget import TokenBudget
+from .packed_attention import packed_attention, scatter_add_rows, slot_rows
 from .packing import PackPlan, max_containers, plan_packing
 from .selection import (AllSelector, GumbelSelector, OracleSelector, SelectionState, Selector,
                         TopKSelector)
 
-__all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "SpaBlock", "SwinStage", "SwinTransformer",
-           "register_model", "create_model", "list_models"]
+__all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "BlockSelection", "SpaBlock", "SwinStage",
+           "SwinTransformer", "register_model", "create_model", "list_models"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,15 @@ class SpaConfig:
     keep_ratio: float = 0.5                   # topk
     container_len: int | None = None          # None: window ** 2
     per_image_containers: bool = True         # False: the paper's batch-wide packing
-    capacity: str | float = "exact"           # "exact" | "bucket" | r: static, <= r of each image's tokens
+    capacity: str | float = "auto"            # "auto": learned static budget | r: fixed budget | "exact"
     relative_position: bool = True            # Swin's bias (clamped offsets) inside containers
     backend: str = "auto"                     # packed attention kernel
+
+    def __post_init__(self):
+        if isinstance(self.capacity, str) and self.capacity not in ("auto", "exact"):
+            raise ValueError(f"capacity {self.capacity!r}: expected 'auto', 'exact' or a share in (0, 1]")
+        if not isinstance(self.capacity, str) and not 0 < float(self.capacity) <= 1:
+            raise ValueError(f"capacity {self.capacity!r}: a fixed token budget is a share in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,56 @@ class SwinConfig:
     spa: SpaConfig | None = None
 
 
+@dataclass(frozen=True)
+class BlockSelection:
+    """What one SPA block selected and packed (statistics are computed on use, never in the forward).
+
+    ``plan``: the block's :class:`PackPlan`; ``grid_tokens``: tokens of one image's (unpadded) map;
+    ``padding_kept``: window padding tokens kept per image (only the "all" selector keeps them).
+    """
+
+    plan: PackPlan
+    grid_tokens: int
+    padding_kept: int = 0
+
+    @property
+    def selected(self) -> Tensor:
+        """(B,) long: tokens each image selected (dropped ones included)."""
+        return self.plan.selected - self.padding_kept
+
+    @property
+    def select_ratio(self) -> Tensor:
+        return self.selected.sum() / max(self.selected.numel() * self.grid_tokens, 1)
+
+    @property
+    def dropped(self) -> Tensor:
+        """() long: selected tokens the static budget left out of attention."""
+        return (self.plan.selected - self.plan.placed).sum()
+
+
 @dataclass
 class FeatureOutput:
     """features: 4 maps (B, C_i, H/s, W/s), s = 4, 8, 16, 32; scores: {stride: [(B, h, w) logits]};
-    select_ratios: one () tensor per SPA block; containers: one () long tensor per SPA block."""
+    blocks: one :class:`BlockSelection` per SPA block."""
 
     features: list[Tensor]
     scores: dict[int, list[Tensor]] = field(default_factory=dict)
-    select_ratios: list[Tensor] = field(default_factory=list)
-    containers: list[Tensor] = field(default_factory=list)
+    blocks: list[BlockSelection] = field(default_factory=list)
+
+    @property
+    def select_ratios(self) -> list[Tensor]:
+        """One () tensor per SPA block: the share of the batch's tokens selected."""
+        return [block.select_ratio for block in self.blocks]
+
+    @property
+    def containers(self) -> list[Tensor]:
+        """One () long tensor per SPA block: containers holding at least one token."""
+        return [block.plan.containers_used for block in self.blocks]
+
+    @property
+    def dropped(self) -> list[Tensor]:
+        """One () long tensor per SPA block: selected tokens its static budget dropped."""
+        return [block.dropped for block in self.blocks]
 
 
 _SELECTOR_BUILDERS: dict[str, Callable[[SpaConfig], Selector]] = {
@@ -106,14 +152,6 @@ _SELECTOR_BUILDERS: dict[str, Callable[[SpaConfig], Selector]] = {
     "gt": lambda spa: OracleSelector(),
     "all": lambda spa: AllSelector(),
 }
-
-
-def _bucket(count: int) -> int:
-    """Round up to 4 steps per octave (at most 25% slack), so few distinct capacities occur."""
-    if count <= 4:
-        return max(count, 1)
-    step = 1 << (count.bit_length() - 3)
-    return -(-count // step) * step
 
 
 class SpaBlock(SwinBlock):
@@ -126,6 +164,8 @@ class SpaBlock(SwinBlock):
         self.spa = spa
         self.container_len = spa.container_len or window * window
         self.gate = nn.Linear(dim, 1)
+        self.budget = None if spa.capacity == "exact" else TokenBudget(
+            1.0 if spa.capacity == "auto" else float(spa.capacity), learned=spa.capacity == "auto")
 
     def forward(self, x: Tensor, grid: WindowGrid, selection: SelectionState) -> Tensor:
         tokens = self.norm1(x)
@@ -139,81 +179,66 @@ class SpaBlock(SwinBlock):
             gate = torch.sigmoid(scores)
             if chosen.weight is not None:  # straight-through: 1/0 forward, gradient to the gate
                 gate = gate * chosen.weight.to(gate.dtype)
-            keep = chosen.keep
             selection.record_scores(selection.stride, scores)
+            keep = chosen.keep.flatten(1).index_select(1, grid.token_pixel)        # (B, N) window-major
+            if grid.is_padded:
+                keep = keep & grid.token_is_real
         else:
-            keep = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device)
-        selection.select_ratios.append(keep.sum() / keep.numel())
-
-        x, containers = self._add_attention(x, tokens, gate, keep, grid, selector.keeps_padding)
-        selection.containers.append(containers)
+            keep = grid.token_is_real.new_ones(()).expand(x.shape[0], grid.token_pixel.shape[0])
+        plan = plan_packing(keep, container_len=self.container_len, per_image=self.spa.per_image_containers,
+                            capacity=self._capacity(grid, x.shape[0], selector.keeps_padding))
+        if self.training and self.budget is not None:
+            self.budget.observe(plan.selected, grid.height * grid.width)
+        selection.blocks.append(BlockSelection(plan, grid.height * grid.width,
+                                               grid.num_padding if selector.keeps_padding else 0))
+        x = self._add_attention(x, tokens, gate, plan, grid)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def _add_attention(self, x: Tensor, tokens: Tensor, gate: Tensor | None, keep: Tensor, grid: WindowGrid,
-                       keeps_padding: bool) -> tuple[Tensor, Tensor]:
-        """x + drop_path(packed attention of the kept ``tokens`` scaled by ``gate``), and the containers used.
+    def _add_attention(self, x: Tensor, tokens: Tensor, gate: Tensor | None, plan: PackPlan,
+                       grid: WindowGrid) -> Tensor:
+        """x + drop_path(packed attention of the planned ``tokens``, scaled by ``gate``).
 
-        Pack and unpack go straight between the (B, H, W) maps and the containers through index
-        tables the grid builds once per stage (no pad / roll / window partition copies of the
-        map); the gate scales the packed rows only (r_g = gate * r matters only where attention
-        reads it); the result is index_add-ed into the residual stream, which leaves unkept tokens
-        as they are. Same values as Swin's window path: tokens are still ordered window-major.
+        The functional core of :mod:`spa_model.packed_attention`, reading and writing the (B, H, W)
+        maps through the grid's index tables (no pad / roll / window partition copies); the gate
+        scales the packed rows only (r_g = gate * r matters only where attention reads it); unkept
+        tokens keep their residual as it is. Same values as Swin's window path: tokens are still
+        ordered window-major, and kept window padding reads zeros (Swin pads after norm1).
         """
         batch, channels = tokens.shape[0], tokens.shape[-1]
-        keep_windows = keep.flatten(1).index_select(1, grid.token_pixel)         # (B, N) window-major
-        if grid.is_padded:
-            keep_windows = keep_windows.masked_fill(grid.token_is_padding, keeps_padding)
-        plan = plan_packing(keep_windows, container_len=self.container_len,
-                            per_image=self.spa.per_image_containers, capacity=self._capacity(keep_windows))
-        rows, spread = grid.token_rows(batch, plan.token_index.shape[0])
-        slot_rows = rows[plan.token_index]                                      # (slots,), -1: no pixel
-        slot_is_pixel = slot_rows >= 0
-        slot_rows = torch.where(slot_is_pixel, slot_rows, spread)
-        packed = tokens.reshape(-1, channels).index_select(0, slot_rows)
+        token_rows, spread = grid.token_rows(batch, plan.num_slots)
+        rows, holds_token = slot_rows(plan, token_rows, spread)
+        packed = tokens.reshape(-1, channels).index_select(0, rows)
         if gate is not None:
-            packed = packed * gate.reshape(-1, 1).index_select(0, slot_rows)
-        if keeps_padding and grid.is_padded:  # kept padding tokens are zeros (Swin pads after norm1)
-            packed = torch.where(slot_is_pixel[:, None], packed, 0)
+            packed = packed * gate.reshape(-1, 1).index_select(0, rows)
+        elif grid.is_padded:  # the "all" selector keeps padding: zeros, as Swin pads after norm1
+            packed = torch.where(holds_token[:, None], packed, 0)
         qkv = F.linear(packed, self.attn.qkv.weight, self.attn.qkv.bias)
         attended = packed_attention(
-            qkv, plan, region=grid.region, coords=grid.coords, num_heads=self.attn.num_heads,
+            qkv, plan, positions=grid.positions, num_heads=self.attn.num_heads,
             rel_pos_table=self.attn.relative_position_bias_table if self.spa.relative_position else None,
             window=grid.window, backend=self.spa.backend)
         out = F.linear(attended, self.attn.proj.weight, self.attn.proj.bias)
-        out = torch.where(slot_is_pixel[:, None], out, 0)  # padding slots / tokens add nothing
-        out = self._drop_path_rows(out, plan, batch)
-        x = x.reshape(-1, x.shape[-1]).index_add(0, slot_rows, out.to(x.dtype)).view_as(x)
-        return x, plan.containers_used
+        x = scatter_add_rows(x.reshape(-1, x.shape[-1]), out, rows, holds_token,
+                             self._drop_path_scale(rows, batch, grid.height * grid.width))
+        return x.view(batch, grid.height, grid.width, -1)
 
-    def _drop_path_rows(self, out: Tensor, plan: PackPlan, batch: int) -> Tensor:
-        """The block's row-mode stochastic depth, drawn per image and applied to that image's packed rows."""
+    def _drop_path_scale(self, rows: Tensor, batch: int, pixels: int) -> Tensor | None:
+        """The block's row-mode stochastic depth, drawn per image, as a scale of each slot (None in eval)."""
         if not self.training or self.drop_path.p == 0.0:
-            return out
-        scale = stochastic_depth(out.new_ones(batch), self.drop_path.p, "row", training=True)
-        return out * scale[plan.slot_image.flatten().clamp(min=0)][:, None]
-
-    def _capacity(self, keep: Tensor) -> int | None:
-        capacity, per_image, length = self.spa.capacity, self.spa.per_image_containers, self.container_len
-        if capacity == "exact":
             return None
-        if capacity == "bucket":
-            counts = keep.sum(1)
-            needed = (-(-counts // length)).sum() if per_image else -(-counts.sum() // length)
-            return _bucket(int(needed))
-        return static_capacity(keep.shape, float(capacity), container_len=length, per_image=per_image)
+        scale = stochastic_depth(rows.new_ones(batch, dtype=torch.float32), self.drop_path.p, "row", training=True)
+        return scale[rows // pixels]
 
-
-def static_capacity(shape: tuple[int, int], keep_ratio: float, *, container_len: int, per_image: bool) -> int:
-    """Containers that hold any selection of a (B, N) batch keeping at most ``keep_ratio * N`` tokens
-    per image (per batch with ``per_image=False``), and never more than any selection needs."""
-    batch, num_tokens = shape
-    budget = math.ceil(keep_ratio * num_tokens)
-    if per_image:
-        needed = batch * -(-budget // container_len)
-    else:
-        needed = -(-(batch * budget) // container_len)
-    return max(1, min(needed, max_containers(batch, num_tokens, container_len=container_len,
-                                             per_image=per_image)))
+    def _capacity(self, grid: WindowGrid, batch: int, keeps_padding: bool) -> int | None:
+        """Containers per image (in all for the batch-wide layout), or None: exactly what is needed."""
+        if self.budget is None:
+            return None
+        length, per_image = self.container_len, self.spa.per_image_containers
+        most = max_containers(batch, grid.token_pixel.shape[0], container_len=length, per_image=per_image)
+        if keeps_padding:
+            return most
+        return min(most, self.budget.containers(grid.height * grid.width, container_len=length,
+                                                batch=None if per_image else batch))
 
 
 class SwinStage(nn.Module):
@@ -293,7 +318,7 @@ class SwinTransformer(nn.Module):
             features.append(x)
         features[-1] = self.norm(x)
         return FeatureOutput(features=[f.permute(0, 3, 1, 2) for f in features], scores=selection.scores,
-                             select_ratios=selection.select_ratios, containers=selection.containers)
+                             blocks=selection.blocks)
 
     def forward_head(self, output: FeatureOutput) -> Tensor:
         """Average-pooled final features through the classifier (pooled features if no head)."""

@@ -1,21 +1,27 @@
 """Select and Pack Attention: multi-head self-attention over the selected tokens only.
 
-``select_pack_attention`` packs the kept tokens of a batch into containers (see
-:mod:`spa_model.packing`), computes qkv for the packed tokens only, attends inside each container,
-projects, and scatters the result back (exact zeros at unkept tokens).
+The op is a composition of small pure functions, and SPT's :class:`spa_model.models.SpaBlock` runs
+the same ones (so the float64 reference tests check the code that runs):
+
+* :func:`spa_model.packing.plan_packing`: which slot of which container each kept token takes;
+* :func:`slot_rows`: the row of the source tensor each slot reads (padding slots read distinct
+  stand-in rows), and which slots hold a token;
+* ``F.linear`` for qkv on the packed rows, :func:`packed_attention` inside the containers,
+  ``F.linear`` for the projection;
+* :func:`scatter_add_rows`: the projected rows added back to their tokens' rows (padding slots
+  add nothing), into the residual stream (SpaBlock) or into zeros (:func:`select_pack_attention`).
 
 Attention rule inside a container: token i attends token j iff they belong to the same image AND
-the same shift region (``region``: Swin's shifted-window mask generalised; all zeros for unshifted
-blocks). Allowed pairs get Swin's relative position bias, looked up with the clamped offset
+the same shift region (``positions[:, 0]``: Swin's shifted-window mask generalised; all zeros for
+unshifted blocks). Allowed pairs get Swin's relative position bias, looked up with the clamped offset
 ``(dy, dx) = clip(coords_i - coords_j, -(M-1), M-1)`` in the ``((2M-1)^2, heads)`` table. Tokens
 of one container come from anywhere in the image when the selection is sparse, so the offset can
 exceed the window; clamping keeps the table (and a Swin checkpoint's weights) usable as is. With
 everything kept, ``per_image=True`` and ``container_len = M*M`` the result is exactly Swin's
-(shifted) window attention. ``rel_pos_table=None`` drops the bias (region/image mask only): that
-is the variant whose speed cost ``benchmarks/bench_packed_attention.py`` measures.
+(shifted) window attention. ``rel_pos_table=None`` drops the bias (region/image mask only).
 
 Padding slots form their own segment (image -1): they attend each other, never a real token, so no
-softmax row is fully masked and nothing turns NaN; their output is discarded by the scatter.
+softmax row is fully masked and nothing turns NaN; their output is discarded.
 
 Gradients reach ``x``, the four linear parameters and ``rel_pos_table`` (autograd for naive/sdpa,
 a Triton backward for triton). ``keep`` is a hard choice: a straight-through gradient to the gate
@@ -46,8 +52,8 @@ from torch import Tensor
 
 from .packing import PackPlan, plan_packing
 
-__all__ = ["select_pack_attention", "packed_attention", "pack_rows", "unpack_rows", "SlotGeometry",
-           "slot_geometry", "container_attention_mask"]
+__all__ = ["select_pack_attention", "packed_attention", "slot_rows", "scatter_add_rows", "token_positions",
+           "SlotGeometry", "slot_geometry", "container_attention_mask"]
 
 
 @dataclass(frozen=True)
@@ -60,18 +66,18 @@ class SlotGeometry:
     col: Tensor
 
 
-def slot_geometry(plan: PackPlan, *, region: Tensor, coords: Tensor) -> SlotGeometry:
+def token_positions(*, region: Tensor, coords: Tensor) -> Tensor:
+    """(N, 3) int32 (region, row, col) of each token position: what :func:`packed_attention` reads."""
+    return torch.cat([region[:, None], coords], 1).to(torch.int32)
+
+
+def slot_geometry(plan: PackPlan, positions: Tensor) -> SlotGeometry:
     """Gather image, region and coordinates of every slot of ``plan``."""
-    num_tokens = region.shape[0]
+    num_tokens = positions.shape[0]
     position = plan.token_index.view_as(plan.slot_image) % max(num_tokens, 1)
     is_pad = plan.slot_image < 0
-    zero = torch.zeros((), dtype=torch.long, device=region.device)
-    return SlotGeometry(
-        image=plan.slot_image,
-        region=torch.where(is_pad, zero, region[position]),
-        row=torch.where(is_pad, zero, coords[position, 0]),
-        col=torch.where(is_pad, zero, coords[position, 1]),
-    )
+    info = torch.where(is_pad[..., None], 0, positions.long()[position])
+    return SlotGeometry(image=plan.slot_image, region=info[..., 0], row=info[..., 1], col=info[..., 2])
 
 
 def _relative_index(geometry: SlotGeometry, window: int) -> Tensor:
@@ -109,11 +115,10 @@ def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) ->
                                           scale=scale)
 
 
-def _attend_with_dense_mask(qkv: Tensor, plan: PackPlan, *, attend: Callable[..., Tensor], region: Tensor,
-                            coords: Tensor, num_heads: int, rel_pos_table: Tensor | None, window: int,
-                            scale: float) -> Tensor:
+def _attend_with_dense_mask(qkv: Tensor, plan: PackPlan, *, attend: Callable[..., Tensor], positions: Tensor,
+                            num_heads: int, rel_pos_table: Tensor | None, window: int, scale: float) -> Tensor:
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
-    geometry = slot_geometry(plan, region=region, coords=coords)
+    geometry = slot_geometry(plan, positions)
     q, k, v = (qkv.view(plan.num_containers, plan.container_len, 3, num_heads, channels // num_heads)
                .permute(2, 0, 3, 1, 4).unbind(0))                      # 3 x (containers, heads, L, d)
     mask = container_attention_mask(geometry, rel_pos_table=rel_pos_table, window=window, dtype=q.dtype)
@@ -159,17 +164,41 @@ _BACKENDS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def packed_attention(qkv: Tensor, plan: PackPlan, *, region: Tensor, coords: Tensor, num_heads: int,
+def packed_attention(qkv: Tensor, plan: PackPlan, *, positions: Tensor, num_heads: int,
                      rel_pos_table: Tensor | None, window: int, backend: str = "auto") -> Tensor:
     """Attention inside the containers of ``plan``.
 
     qkv: (containers * L, 3C) in slot order (the packed tokens' qkv projection) -> (containers * L, C).
+    positions: (N, 3) int32 from :func:`token_positions`.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_BACKENDS)}")
     head_dim = qkv.shape[1] // 3 // num_heads
-    return _BACKENDS[backend](qkv, plan, region=region, coords=coords, num_heads=num_heads,
+    return _BACKENDS[backend](qkv, plan, positions=positions, num_heads=num_heads,
                               rel_pos_table=rel_pos_table, window=window, scale=head_dim ** -0.5)
+
+
+def slot_rows(plan: PackPlan, token_rows: Tensor, spread: Tensor) -> tuple[Tensor, Tensor]:
+    """Source row read by each slot, and whether the slot holds a token, both (slots,).
+
+    token_rows: (B * N + 1,) long, the source row of each flat token, -1 where there is none (window
+    padding), and -1 last, for the plan's padding slots (``token_index == B * N``). spread:
+    (slots,) long distinct rows that slots without a token read instead: their output is discarded,
+    and distinct rows keep the backward's ``index_add`` free of hot-spot collisions.
+    """
+    rows = token_rows[plan.token_index]
+    holds_token = rows >= 0
+    return torch.where(holds_token, rows, spread), holds_token
+
+
+def scatter_add_rows(target: Tensor, packed: Tensor, rows: Tensor, holds_token: Tensor,
+                     row_scale: Tensor | None = None) -> Tensor:
+    """``target`` (R, C) plus each slot's ``packed`` row (times ``row_scale``) at its source row;
+    slots without a token add nothing. Out of place; the backward is a gather."""
+    packed = torch.where(holds_token[:, None], packed, 0)
+    if row_scale is not None:
+        packed = packed * row_scale[:, None]
+    return target.index_add(0, rows, packed.to(target.dtype))
 
 
 def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bias: Tensor | None,
@@ -188,44 +217,25 @@ def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bi
         coords: (N, 2) long (row, col) of each token position in the frame where windows are taken.
         region: (N,) long shift-region id of each token position (zeros for unshifted blocks).
         window: M.
-        container_len, per_image, capacity: see :func:`spa_model.packing.plan_packing`.
+        container_len, per_image, capacity: see :func:`spa_model.packing.plan_packing` (tokens beyond
+            a given capacity are dropped: zeros out, like unselected ones).
         backend: "auto", "sdpa", "naive" or "triton" (see the module docstring).
 
     Returns:
-        (out, containers_used): out (B, N, C) with exact zeros at unkept tokens; containers_used a
-        () long tensor (containers holding at least one token).
+        (out, containers_used): out (B, N, C) with exact zeros at unkept and dropped tokens;
+        containers_used a () long tensor (containers holding at least one token).
     """
     batch, num_tokens, channels = x.shape
     if batch * num_tokens == 0:
         return x.new_zeros(batch, num_tokens, proj_weight.shape[0]), keep.new_zeros((), dtype=torch.long)
     plan = plan_packing(keep, container_len=container_len, per_image=per_image, capacity=capacity)
-    qkv = F.linear(pack_rows(x.reshape(batch * num_tokens, channels), plan), qkv_weight, qkv_bias)
-    attended = packed_attention(qkv, plan, region=region, coords=coords, num_heads=num_heads,
-                                rel_pos_table=rel_pos_table, window=window, backend=backend)
-    out = unpack_rows(F.linear(attended, proj_weight, proj_bias), plan)
+    total = batch * num_tokens
+    token_rows = torch.cat([torch.arange(total, device=x.device), x.new_full((1,), -1, dtype=torch.long)])
+    spread = torch.arange(plan.num_slots, device=x.device) % total
+    rows, holds_token = slot_rows(plan, token_rows, spread)
+    qkv = F.linear(x.reshape(total, channels).index_select(0, rows), qkv_weight, qkv_bias)
+    attended = packed_attention(qkv, plan, positions=token_positions(region=region, coords=coords),
+                                num_heads=num_heads, rel_pos_table=rel_pos_table, window=window, backend=backend)
+    projected = F.linear(attended, proj_weight, proj_bias)
+    out = scatter_add_rows(projected.new_zeros(total, projected.shape[1]), projected, rows, holds_token)
     return out.view(batch, num_tokens, -1), plan.containers_used
-
-
-def pack_rows(rows: Tensor, plan: PackPlan) -> Tensor:
-    """(B * N, C) token rows -> (containers * L, C) in slot order.
-
-    Padding slots read arbitrary distinct real rows instead of a dummy one (no copy of ``rows`` to
-    append a row): they only attend each other, their outputs are dropped and their gradient is
-    zero. Distinct rows keep the backward's ``index_add`` free of hot-spot collisions.
-    """
-    total = rows.shape[0]
-    spread = torch.arange(plan.token_index.shape[0], device=rows.device) % total
-    return rows.index_select(0, torch.where(plan.token_index < total, plan.token_index, spread))
-
-
-def unpack_rows(packed: Tensor, plan: PackPlan) -> Tensor:
-    """(containers * L, C) -> (B * N, C): kept tokens get their slot's row, the others exact zeros.
-
-    ``index_copy`` into a zero buffer with one dummy row for padding slots: its backward is a plain
-    gather. (Gathering from the packed rows plus an appended zero row instead needs an accumulating
-    backward in which every unkept token collides on that row; CUDA serialises it: the op's
-    forward+backward took 28 ms on an H200 in the benchmark, against 1.5 ms for dense windows.)
-    """
-    total = plan.token_slot.shape[0]
-    out = packed.new_zeros(total + 1, packed.shape[1]).index_copy(0, plan.token_index, packed)
-    return out[:total]

@@ -48,6 +48,8 @@ class Selector(Protocol):
 
 def gumbel_sigmoid(scores: Tensor, *, tau: float, threshold: float, stochastic: bool) -> Selection:
     """Hard threshold on a (noisy) sigmoid with a straight-through gradient."""
+    if not stochastic and not scores.requires_grad:  # the same choice in one comparison of the logits
+        return Selection(scores > tau * _logit(threshold))
     logits = scores
     if stochastic:
         logits = scores - torch.empty_like(scores).exponential_().log()  # + Gumbel(0, 1) noise
@@ -55,6 +57,12 @@ def gumbel_sigmoid(scores: Tensor, *, tau: float, threshold: float, stochastic: 
     keep = soft > threshold
     weight = keep.to(soft.dtype) - soft.detach() + soft if soft.requires_grad else None
     return Selection(keep, weight)
+
+
+def _logit(p: float) -> float:
+    if p <= 0:
+        return -math.inf
+    return math.inf if p >= 1 else math.log(p / (1 - p))
 
 
 @dataclass
@@ -152,8 +160,7 @@ class SelectionState:
     stride: int = 0
     s_up: Tensor | None = None
     scores: dict[int, list[Tensor]] = field(default_factory=dict)
-    select_ratios: list[Tensor] = field(default_factory=list)
-    containers: list[Tensor] = field(default_factory=list)
+    blocks: list = field(default_factory=list)  # one spa_model.models.BlockSelection per SPA block
 
     @property
     def labels(self) -> Tensor | None:

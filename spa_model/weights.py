@@ -74,7 +74,8 @@ def load_swin_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]):
             raise SpaError(f"Swin state dict: {key} has shape {tuple(value.shape)}, "
                            f"the model expects {tuple(own[key].shape)} (another Swin size or window?)")
     result = model.load_state_dict(converted, strict=False)
-    unloaded = [k for k in result.missing_keys if not (k.startswith("head.") or ".gate." in k or "entry_gate" in k)]
+    unloaded = [k for k in result.missing_keys
+                if not (k.startswith("head.") or ".gate." in k or "entry_gate" in k or ".budget." in k)]
     if unloaded:
         raise SpaError(f"Swin state dict: {len(unloaded)} model weights missing, e.g. {unloaded[0]}")
     return result

@@ -80,6 +80,7 @@ class TrainConfig:
     amp: str = "auto"                       # auto (bf16 on CUDA) | bf16 | off
     compile: bool = False                   # torch.compile the model
     channels_last: bool = False             # channels_last memory format for the input
+    cuda_graphs: bool = True                # evaluation on CUDA replays CUDA graphs of the backbone
     seed: int = 0
     deterministic: bool = True              # deterministic kernels where torch has them (CPU runs are exact)
 

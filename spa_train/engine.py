@@ -35,6 +35,7 @@ from spa_train.plots import plot_curves
 from spa_train.runtime import (autocast, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything,
                                synchronize, use_amp)
 from spa_train.tasks import TASKS, build_task_model
+from spa_model.budget import update_token_budgets
 
 
 @dataclass
@@ -129,10 +130,9 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                               find_unused_parameters=unused)
         if self.config.compile:
-            if any(getattr(m, "spa", None) and m.spa.capacity in ("exact", "bucket") for m in model.modules()):
-                self._say("compile=true with an SPT whose capacity is data-dependent: every SPA block syncs with "
-                          "the host and recompiles as the selection changes; set model_args={capacity: r} "
-                          "(a static token budget, e.g. 0.5)")
+            if any(getattr(m, "spa", None) and m.spa.capacity == "exact" for m in model.modules()):
+                self._say("compile=true with an SPT whose capacity is 'exact': every SPA block syncs with the host "
+                          "and recompiles as the selection changes; the default capacity 'auto' is static")
             model = torch.compile(model)
         return model
 
@@ -260,6 +260,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        update_token_budgets(unwrap_model(self.model))
         pos.step += 1
         return {"loss": loss / count, "task_loss": task_loss / count, "select_loss": select_loss / count,
                 "grad_norm": grad_norm, "lr": lr}
@@ -270,7 +271,8 @@ class Trainer:
                                            sampler=ShareSampler(len(self.val_set), self.info), config=self.config,
                                            device=self.device, drop_last=False)
         return evaluate(unwrap_model(self.model), self.val_loader, task=self.config.task, dataset=self.val_set,
-                        device=self.device, amp=self.amp, info=self.info, progress=self.config.progress)
+                        device=self.device, amp=self.amp, info=self.info, progress=self.config.progress,
+                        cuda_graphs=self.config.cuda_graphs)
 
     # --- checkpoints and signals ----------------------------------------------------------
 
@@ -326,21 +328,25 @@ class StepAccumulator:
 
 
 class EpochTotals:
-    """Per-block select ratios (model) and positive-cell ratios (labels), averaged over batches."""
+    """Per-block select ratios (model) and positive-cell ratios (labels), averaged over batches, and
+    the share of selected tokens a static budget dropped (summed counts)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.ratio_sum: Optional[torch.Tensor] = None
+        self.drop_counts: Optional[torch.Tensor] = None   # (blocks, 2): dropped, selected
         self.label_sum: dict[int, torch.Tensor] = {}
         self.batches = 0
         self.stages: list[int] = []
 
     def add(self, out: dict, batch) -> None:
-        ratios = out.get("select_ratios") or []
-        if ratios:
-            stacked = torch.stack([r.detach().float() for r in ratios])
+        blocks = out["backbone_output"].blocks if out.get("backbone_output") is not None else []
+        if blocks:
+            stacked = torch.stack([b.select_ratio.detach().float() for b in blocks])
             self.ratio_sum = stacked if self.ratio_sum is None else self.ratio_sum + stacked
-            self.stages = _block_stages(out["scores"], len(ratios))
+            counts = torch.stack([torch.stack([b.dropped, b.selected.sum()]) for b in blocks]).double()
+            self.drop_counts = counts if self.drop_counts is None else self.drop_counts + counts
+            self.stages = _block_stages(out["scores"], len(blocks))
         for stride, labels in batch.select.items():
             self.label_sum[stride] = self.label_sum.get(stride, 0) + labels.float().mean()
         self.batches += 1
@@ -351,18 +357,22 @@ class EpochTotals:
         strides = sorted(self.label_sum)
         parts = [torch.stack([self.label_sum[s] for s in strides]).to(self.device),
                  torch.tensor([float(self.batches)], device=self.device)]
-        if self.ratio_sum is not None:
-            parts.insert(0, self.ratio_sum.to(self.device))
+        blocks = 0 if self.ratio_sum is None else len(self.ratio_sum)
+        if blocks:
+            parts[:0] = [self.ratio_sum.to(self.device), self.drop_counts.flatten().to(self.device, torch.float32)]
         summed = all_reduce_sum(torch.cat(parts), info).tolist()
         batches = summed[-1]
         row: dict[str, float] = {}
-        if self.ratio_sum is not None:
-            ratios = [v / batches for v in summed[: len(self.ratio_sum)]]
+        if blocks:
+            ratios = [v / batches for v in summed[:blocks]]
             row.update({f"{prefix}select_ratio/block{i}": r for i, r in enumerate(ratios)})
             for stage in sorted(set(self.stages)):
                 row[f"{prefix}select_ratio/stage{stage}"] = _mean([r for r, s in zip(ratios, self.stages) if s == stage])
             row[f"{prefix}select_ratio/mean"] = _mean(ratios)
-        labels = summed[len(self.ratio_sum) if self.ratio_sum is not None else 0:-1]
+            dropped, selected = summed[blocks:3 * blocks:2], summed[blocks + 1:3 * blocks:2]
+            row.update({f"{prefix}dropped_share/block{i}": d / max(n, 1) for i, (d, n) in enumerate(zip(dropped, selected))})
+            row[f"{prefix}dropped_share/mean"] = sum(dropped) / max(sum(selected), 1)
+        labels = summed[3 * blocks:-1]
         row.update({f"{prefix}label_ratio/s{s}": v / batches for s, v in zip(strides, labels)})
         return row
 
@@ -394,8 +404,12 @@ def training_loss(model: torch.nn.Module, batch, *, alpha: float, images: Option
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torch.device, amp: bool,
-             info: DistInfo, progress: bool = True) -> dict[str, Any]:
-    """Validation metrics (prefixed ``val/``), select and label ratios, FLOPs per image."""
+             info: DistInfo, progress: bool = True, cuda_graphs: bool = True) -> dict[str, Any]:
+    """Validation metrics (prefixed ``val/``), select and label ratios, dropped tokens, FLOPs per image.
+
+    On CUDA with ``cuda_graphs`` the backbone replays one CUDA graph per repeated input shape
+    (``spa_model.cuda_graphs``; SPT with a static capacity), the path users deploy at small batches.
+    """
     import spa_model
 
     was_training = model.training
@@ -404,15 +418,19 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
     totals = EpochTotals(device)
     flops_sum = 0.0
     backbone = _backbone_of(model)
+    graphs = (spa_model.cuda_graphs(backbone, capture_after=2)
+              if cuda_graphs and device.type == "cuda" and _static_shapes(backbone) else nullcontext())
     start, images = time.perf_counter(), 0
-    for batch in tqdm(loader, desc="eval", disable=_bar_disabled(progress, info), leave=False, dynamic_ncols=True):
-        with autocast(device, amp):
-            out = model(batch.images, batch.select, None, batch.image_sizes)
-        meter.update(out["predictions"], batch)
-        totals.add(out, batch)
-        images += len(batch.image_ids)
-        # analytic MACs per image from the containers this batch actually used
-        flops_sum += spa_model.count_flops(backbone, out["backbone_output"]).total * len(batch.image_ids)
+    with graphs:
+        for batch in tqdm(loader, desc="eval", disable=_bar_disabled(progress, info), leave=False,
+                          dynamic_ncols=True):
+            with autocast(device, amp):
+                out = model(batch.images, batch.select, None, batch.image_sizes)
+            meter.update(out["predictions"], batch)
+            totals.add(out, batch)
+            images += len(batch.image_ids)
+            # analytic MACs per image from the containers this batch actually used
+            flops_sum += spa_model.count_flops(backbone, out["backbone_output"]).total * len(batch.image_ids)
     synchronize(device)
     elapsed = time.perf_counter() - start
     model.train(was_training)
@@ -427,6 +445,11 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
 
 def _backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     return unwrap_model(model).backbone
+
+
+def _static_shapes(backbone: torch.nn.Module) -> bool:
+    spa = getattr(getattr(backbone, "cfg", None), "spa", None)
+    return spa is None or spa.capacity != "exact"
 
 
 def _summary_line(row: dict, metric: str) -> str:
@@ -484,6 +507,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str, *, device: str = "a
         loader = make_batches(dataset, batch_size=batch_size, sampler=ShareSampler(len(dataset), info),
                               config=config, device=torch_device, drop_last=False)
         return evaluate(model, loader, task=config.task, dataset=dataset, device=torch_device,
-                        amp=use_amp(config.amp, torch_device), info=info, progress=progress)
+                        amp=use_amp(config.amp, torch_device), info=info, progress=progress,
+                        cuda_graphs=config.cuda_graphs)
     finally:
         shutdown_distributed()

@@ -2,7 +2,8 @@
 
 Every task model has the same signature, ``model(images, select, targets=None, image_sizes=None)``
 -> dict with ``predictions`` (eval) or ``task_loss`` (training, when targets are given), plus the
-backbone's ``scores`` and ``select_ratios``, so one DDP-wrapped forward serves the trainer, and
+backbone's ``scores`` and its whole ``backbone_output`` (select ratios, dropped tokens, containers
+for the FLOPs count), so one DDP-wrapped forward serves the trainer, and
 the trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
 """
 from __future__ import annotations
@@ -35,11 +36,9 @@ class Classifier(nn.Module):
     def forward(self, images, select, targets=None, image_sizes=None) -> dict[str, Any]:
         features = self.backbone.forward_features(images, select_labels=select if self.oracle_selection else None)
         logits = self.backbone.forward_head(features)
-        out = {"predictions": logits, "scores": features.scores, "select_ratios": features.select_ratios}
+        out = {"predictions": logits, "scores": features.scores, "backbone_output": features}
         if targets is not None:
             out["task_loss"] = self.loss_fn(logits, targets)
-        if not self.training:
-            out["backbone_output"] = features  # for spa_model.count_flops
         return out
 
 
@@ -64,9 +63,9 @@ class Detector(nn.Module):
         if self.training:
             out = {"task_loss": sum(self.detector(crops, [_trainable(t) for t in targets]).values())}
         else:
-            out = {"predictions": self.detector(crops), "backbone_output": adapter.last_output}
+            out = {"predictions": self.detector(crops)}
         features = adapter.last_output
-        return {**out, "scores": features.scores, "select_ratios": features.select_ratios}
+        return {**out, "scores": features.scores, "backbone_output": features}
 
 
 def _trainable(target: dict) -> dict:

@@ -6,13 +6,17 @@ import torch
 
 import spa_model
 from spa_model import FeatureOutput
+from spa_model.models import BlockSelection
+from spa_model.packing import plan_packing
 
 
-def _output(batch, grids, containers=()):
-    """A FeatureOutput with the given stage grids (the counter reads shapes and container counts)."""
+def _output(batch, grids, kept=()):
+    """A FeatureOutput with the given stage grids and, per SPA block, (tokens, kept per image):
+    the counter reads shapes and the containers the kept tokens fill."""
     channels = (96, 192, 384, 768)
-    return FeatureOutput(features=[torch.empty(batch, c, h, w) for c, (h, w) in zip(channels, grids)],
-                         containers=[torch.tensor(c) for c in containers])
+    blocks = [BlockSelection(plan_packing(torch.arange(tokens).expand(batch, -1) < count, container_len=49), tokens)
+              for tokens, count in kept]
+    return FeatureOutput(features=[torch.empty(batch, c, h, w) for c, (h, w) in zip(channels, grids)], blocks=blocks)
 
 
 GRIDS_224 = [(56, 56), (28, 28), (14, 14), (7, 7)]
@@ -61,7 +65,7 @@ def test_spa_block_count_drops_with_the_containers_used():
     model = _meta_model("spt_tiny", num_classes=1000)
     swin = spa_model.count_flops(_meta_model("swin_tiny", num_classes=1000), _output(2, GRIDS_224))
     # batch of 2: stage-3 blocks used 2 containers (1 per image), stage-4 blocks 2 (everything)
-    spt = spa_model.count_flops(model, _output(2, GRIDS_224, containers=[2] * 6 + [2] * 2))
+    spt = spa_model.count_flops(model, _output(2, GRIDS_224, kept=[(196, 49)] * 6 + [(49, 49)] * 2))
     gate3 = 196 * 384
     saved3 = 3 * 49 * 4 * 384 * 384 + 2 * 3 * 49 * 49 * 384  # 3 fewer windows: qkv+proj, q@k and attn@v
     assert spt.per_module["stages.2.blocks.0"] == swin.per_module["stages.2.blocks.0"] - saved3 + gate3

@@ -157,13 +157,27 @@ def test_capacity_given_equals_exact(per_image):
     torch.testing.assert_close(padded, exact, rtol=1e-12, atol=1e-12)
     assert int(used_padded) == int(used)
     plan = plan_packing(keep, container_len=9, per_image=per_image, capacity=bound)
-    assert plan.slot_image.shape == (bound, 9)
+    assert plan.slot_image.shape == ((3 if per_image else 1) * bound, 9)
+    assert torch.equal(plan.placed, keep.sum(1))
 
 
-def test_capacity_too_small_fails_loudly():
-    keep = torch.ones(2, 20, dtype=torch.bool)
-    with pytest.raises(RuntimeError, match="capacity"):
-        plan_packing(keep, container_len=9, capacity=4)
+@pytest.mark.parametrize("per_image", [True, False])
+def test_tokens_beyond_the_capacity_are_dropped(per_image):
+    """Per image, the kept tokens past its capacity * L slots (batch-wide: the batch's past the last
+    slot), in index order, drop out: the rest compute what they compute on the truncated selection."""
+    x, keep, coords, region, params = _random_case(3, 5, 5, 8, 2, 3, keep_prob=0.7, seed=10)
+    capacity = 1 if per_image else 3  # 9 slots per image, or 27 in all
+    kwargs = dict(coords=coords, region=region, window=3, container_len=9, per_image=per_image, backend="sdpa")
+    out, used = select_pack_attention(x, keep, capacity=capacity, **kwargs, **params)
+    rank = keep.cumsum(1) if per_image else keep.flatten().cumsum(0).view_as(keep)
+    fits = keep & (rank <= 9 if per_image else rank <= 27)
+    assert (keep.sum(1) > fits.sum(1)).any()  # something was dropped
+    expected = _reference_packed(x, fits, params=params, coords=coords, region=region, window=3,
+                                 container_len=9, per_image=per_image)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    plan = plan_packing(keep, container_len=9, per_image=per_image, capacity=capacity)
+    assert torch.equal(plan.selected, keep.sum(1)) and torch.equal(plan.placed, fits.sum(1))
+    assert int(used) == (3 if per_image else 3)
 
 
 def test_per_image_output_independent_of_other_images():
@@ -359,7 +373,7 @@ def test_backends_cuda(backend, dtype, tolerance):
 def test_no_host_sync_when_capacity_is_given(backend):
     x, keep, coords, region, params = _random_case(3, 6, 6, 32, 2, 3, keep_prob=0.4, seed=12)
     cuda = {k: (v.cuda().float() if torch.is_tensor(v) else v) for k, v in params.items()}
-    capacity = max_containers(3, 36, container_len=9)
+    capacity = max_containers(3, 36, container_len=9)  # per image
     args = (x.cuda().float(), keep.cuda())
     kwargs = dict(coords=coords.cuda(), region=region.cuda(), window=3, container_len=9, capacity=capacity,
                   backend=backend, **cuda)
@@ -384,7 +398,7 @@ if __name__ == "__main__":  # the interpreted check runs here, in a fresh proces
     # Under torch.compile the kernels run as custom ops (traced as one graph, gradients included).
     x, keep, coords, region, params = _random_case(2, 6, 6, 16, 2, 3, keep_prob=0.4, seed=13)
     x.requires_grad_()
-    kwargs = dict(coords=coords, region=region, window=3, container_len=9, capacity=8, backend="triton",
+    kwargs = dict(coords=coords, region=region, window=3, container_len=9, capacity=4, backend="triton",
                   **{k: (v.float() if torch.is_tensor(v) else v) for k, v in params.items()})
     eager, _ = select_pack_attention(x.float(), keep, **kwargs)
     (eager_grad,) = torch.autograd.grad(eager.square().sum(), x)
@@ -394,14 +408,14 @@ if __name__ == "__main__":  # the interpreted check runs here, in a fresh proces
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(compiled_grad, eager_grad)
     # The ops' fake kernels and autograd registration agree with the real ones (shapes, strides).
-    plan = plan_packing(keep, container_len=9, capacity=8)
-    position_info = torch.cat([region[:, None], coords], 1).to(torch.int32)
-    table_t = kwargs["rel_pos_table"].detach().t().contiguous().requires_grad_()
+    plan = plan_packing(keep, container_len=9, capacity=4)
+    positions = torch.cat([region[:, None], coords], 1).to(torch.int32)
+    table = kwargs["rel_pos_table"].detach().clone().requires_grad_()
     qkv = torch.randn(plan.token_index.shape[0], 48, requires_grad=True)
     static = (9, 2, 36, 72, 3, 8 ** -0.5)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(kernels._forward, (qkv, table_t, plan.token_index, position_info, *static), test_utils=tests)
-    out, lse = kernels._forward(qkv, table_t, plan.token_index, position_info, *static)
-    for table in (table_t.detach(), None):
-        torch.library.opcheck(kernels._backward, (torch.randn_like(out), qkv.detach(), table, plan.token_index,
-                                                  position_info, out.detach(), lse, *static), test_utils=tests)
+    torch.library.opcheck(kernels._forward, (qkv, table, plan.token_index, positions, *static), test_utils=tests)
+    out, lse = kernels._forward(qkv, table, plan.token_index, positions, *static)
+    for bias in (table.detach(), None):
+        torch.library.opcheck(kernels._backward, (torch.randn_like(out), qkv.detach(), bias, plan.token_index,
+                                                  positions, out.detach(), lse, *static), test_utils=tests)

@@ -78,24 +78,39 @@ def test_eval_output_independent_of_batch():
         assert not torch.allclose(c[0], b[0])
 
 
-@pytest.mark.parametrize("selector,capacity", [("gumbel", "bucket"), ("gumbel", 1.0), ("topk", 0.3)])
-def test_capacity_modes_compute_the_same(selector, capacity):
-    """Static capacities hold the selection: 1.0 any selection, 0.3 top-k at keep_ratio 0.3."""
-    _, spt = _pair(selector=selector, keep_ratio=0.3)
+@pytest.mark.parametrize("selector,capacity", [("gumbel", "auto"), ("gumbel", 1.0), ("topk", 0.3)])
+def test_static_capacities_compute_what_the_exact_one_computes(selector, capacity):
+    """Static budgets that hold the selection change nothing: "auto" (a fresh model: 1.0), 1.0, and
+    0.3 for top-k at keep_ratio 0.3 (fewer containers than a larger selection would need: 1 of 2 per
+    image in stage 3, whose 7x9 map pads to 7x14)."""
+    _, spt = _pair(selector=selector, keep_ratio=0.3, capacity="exact")
     images = torch.randn(2, 3, *SIZE)
     with torch.no_grad():
         want = spt.forward_features(images)
         other = spa_model.create_model("spt_tiny", **SMALL, selector=selector, keep_ratio=0.3,
                                        capacity=capacity).eval()
-        other.load_state_dict(spt.state_dict())
+        other.load_state_dict(spt.state_dict(), strict=False)  # the exact model has no budget buffers
         got = other.forward_features(images)
     for a, b in zip(got.features, want.features):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    if capacity == 0.3:  # the stage-3 map (7x9, padded to 14x14: N = 196) got fewer containers than any selection could need
-        from spa_model.models import static_capacity
-        from spa_model.packing import max_containers
+    assert all(int(d) == 0 for d in got.dropped)
+    if capacity == 0.3:
+        assert got.blocks[0].plan.per_image_capacity == 1 and got.blocks[0].plan.num_tokens == 2 * 49
 
-        assert static_capacity((2, 196), 0.3, container_len=49, per_image=True) < max_containers(2, 196, container_len=49)
+
+def test_a_budget_too_small_drops_tokens_and_counts_them():
+    """Which tokens drop and what the rest compute is checked on the functional core
+    (test_packed_attention); here the block's budget, its layout and its counts."""
+    _, spt = _pair(selector="gt", capacity=0.1)  # stage 3: 7x9 map -> ceil(6.3) = 7 tokens -> 1 container of 49
+    labels = _labels(2, seed=5)
+    labels[16][:] = 1  # every stage-3 token selected: 63 per image, 49 placed
+    with torch.no_grad():
+        out = spt.forward_features(torch.randn(2, 3, *SIZE), labels)
+    block = out.blocks[0]
+    assert block.plan.per_image_capacity == 1
+    assert block.selected.tolist() == [63, 63] and block.plan.placed.tolist() == [49, 49]
+    assert int(out.dropped[0]) == 2 * 14 and float(out.select_ratios[0]) == 1.0
+    assert all(torch.isfinite(f).all() for f in out.features)
 
 
 def test_empty_selection_for_one_image_and_for_the_whole_batch():
@@ -192,9 +207,10 @@ def test_spt_bf16_autocast_forward_backward_on_gpu():
 
 def _compile_case(device: str, backend: str):
     """Eager and compiled (fullgraph: a graph break fails) outputs and gradients of one training step
-    of a static-capacity SPT (gt selector and no drop-path, so both runs take the same decisions)."""
+    of an SPT with its default static budget (gt selector and no drop-path, so both runs take the same
+    decisions; the budget records its peak inside the graph)."""
     torch.manual_seed(0)
-    spt = spa_model.create_model("spt_tiny", **SMALL, selector="gt", capacity=1.0, drop_path_rate=0.0,
+    spt = spa_model.create_model("spt_tiny", **SMALL, selector="gt", drop_path_rate=0.0,
                                  num_classes=5).to(device).train()
     images = torch.randn(2, 3, *SIZE, device=device)
     labels = {s: l.to(device) for s, l in _labels(2).items()}

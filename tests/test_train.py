@@ -203,13 +203,13 @@ def test_gradient_accumulation_matches_one_big_batch(shards, tmp_path):
     assert norms[0] == pytest.approx(norms[1], rel=1e-4)
 
 
-@pytest.mark.parametrize("capacity, warned", [(None, True), ("0.5", False)])
+@pytest.mark.parametrize("capacity, warned", [("exact", True), (None, False), ("0.5", False)])
 def test_compile_with_a_data_dependent_capacity_says_so(shards, tmp_path, capsys, capacity, warned):
-    """compile=true and an exact (host-synced) capacity: one line telling how to make it static."""
+    """compile=true and the exact (host-synced) capacity: one line saying so; the default is static."""
     from spa_train.engine import Trainer
 
     model_args = TINY if capacity is None else TINY.replace("}", f", capacity: {capacity}}}")
     config = resolve_config(None, [model_args, "batch_size=4", "num_workers=0", "compile=true", "progress=false"],
                             task="cls", model="spt_tiny", shards=str(shards("in-s-train")), out=str(tmp_path / "run"))
     Trainer(config)  # torch.compile is lazy: nothing compiles before the first step
-    assert ("model_args={capacity: r}" in capsys.readouterr().out) == warned
+    assert ("capacity 'auto' is static" in capsys.readouterr().out) == warned
