@@ -1,26 +1,29 @@
-"""Backbone speed: our Swin-T against torchvision's swin_t, and SPT-T against our Swin-T.
+"""Backbone and detector speed on selections that look like use, every model of a group timed in turn.
 
-    PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR [--budget 330] [--quick]
-        [--parts eager,sweep,compiled-inference,compiled-train,interleaved-{eager,compiled}-{inference,train}]
-        [--sizes 224,1280] [--labels REGEX] [--repeat N] [--rounds N] [--trace] [--compile-mode MODE]
+    PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR --shape 1280x800:8 \
+        [--phases inference,train] [--modes eager,compiled,cudagraphs,graphs] [--models tiny,small]
+        [--sweep] [--maskrcnn] [--rounds 5] [--iters 10] [--budget 540] [--quick]
 
-Measures bf16-autocast inference and a training step (forward, backward, AdamW step) in img/s,
-eager and under ``torch.compile``, at 224x224 batch 256 and 1280x800 batch 8; peak training memory;
-SPT-T with ground-truth-like masks (one box per image, aligned to 32 px) that keep a given share of
-the stage 3-4 tokens (the "gt" selector), against the FLOPs ratio from ``spa_model.count_flops``
-(the ideal speed-up); a sweep of the selection ratio (plot ``spt_speedup.png``). The
-``interleaved-*`` parts build all models of one mode first and time them in turn for ``--rounds``
-rounds, for ratios that machine drift cannot skew; they add SPT-T with every selection empty, the
-speed no selection can beat; ``--trace`` then profiles each model's step into a Chrome trace and
-charges the GPU's idle time to the host ops it waited on. Writes
-``bench_backbone.json`` after every measurement (machine, date, versions, numbers), so a run cut
-short keeps what it measured; work that does not fit ``--budget`` seconds is recorded as skipped.
+Selections come from scattered objects (``spa_train.bench.scattered_objects``: rectangles and
+ellipses of varied size at unaligned positions, about 25% of the stride-16 cells per image, +-20%),
+their labels by the loader's rule, with the gate evaluated: ``gt`` selects the labels, ``topk``
+the gate's top 25%. SPT runs its *default* capacity (a learned static budget, settled first on other
+batches as training leaves it) beside a hand-*tuned* fixed budget (the smallest that holds the
+selection) and, eager, the ``exact`` capacity. Modes: ``eager``; ``compiled`` (torch.compile);
+``cudagraphs`` (torch.compile with mode reduce-overhead); ``graphs`` (inference through CUDA graphs
+without compiling: ``spa_model.cuda_graphs`` for our models, the same capture by hand for
+torchvision's). Inference is the backbone's features (the paper's FPS); a training step is forward,
+a classification loss (plus 0.01 x the selection loss), backward and AdamW. ``--maskrcnn`` times the
+whole torchvision Mask R-CNN on the backbones (eager; targets from the same objects); ``--sweep``
+the selection share 10/25/50%. For each group every model is built (and compiled) first, then timed
+in turn for ``--rounds`` rounds (median, min, max), so drifts of the machine hit all alike. Writes
+``bench_backbone.json`` after every round (machine, date, versions, numbers); work beyond
+``--budget`` seconds is recorded as skipped.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -30,12 +33,13 @@ import time
 from datetime import datetime, timezone
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 import spa_model
+from spa_train.bench import labels_from_masks, scattered_objects, settle_budgets
 
-COMPILE_COST_S = 45  # compile time (H200, 16 cores: 23-35 s inference, ~60 s training), to decide what still fits
+SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # --quick
+STRIDES = tuple(2 ** k for k in range(2, 7))  # every label stride a model may read (each reads its label_strides)
 
 
 class Bench:
@@ -47,37 +51,33 @@ class Bench:
         self.meta = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name() if self.device.type == "cuda" else platform.processor(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": sys.version.split()[0], "dtype": "bfloat16 autocast", "quick": args.quick,
-            "compile_mode": args.compile_mode,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0],
+            "dtype": "bfloat16 autocast", "quick": args.quick, "argv": sys.argv[1:],
         }
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def fits(self, cost_s: float) -> bool:
-        return self.elapsed() + cost_s <= self.args.budget
-
     def record(self, **row) -> dict:
         self.results.append(row)
-        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
-        print(json.dumps(shown), file=sys.stderr, flush=True)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}),
+              file=sys.stderr, flush=True)
         self.save()
         return row
 
     def save(self) -> None:
         os.makedirs(self.args.out, exist_ok=True)
-        path = os.path.join(self.args.out, "bench_backbone.json")
+        path = os.path.join(self.args.out, self.args.name)
         with open(path + ".tmp", "w") as f:
             json.dump({"meta": self.meta, "results": self.results}, f, indent=1)
         os.replace(path + ".tmp", path)
 
-    def timed(self, fn, warmup: int, iters: int) -> float:
-        """Median milliseconds per call (CUDA events on the GPU)."""
-        for _ in range(warmup):
+    def timed(self, fn) -> float:
+        """Median milliseconds per call after warm-up (CUDA events on the GPU)."""
+        for _ in range(self.args.warmup):
             fn()
         times = []
-        for _ in range(iters):
+        for _ in range(self.args.iters):
             if self.device.type == "cuda":
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()
@@ -92,145 +92,182 @@ class Bench:
         return statistics.median(times)
 
 
-def box_labels(batch: int, height: int, width: int, ratio: float, seed: int, device) -> dict[int, torch.Tensor]:
-    """One box per image covering ``ratio`` of the image, at a random 32-px-aligned place;
-    labels per stride by max-pooling the pixel mask (as the loader's coverage > 0 rule)."""
-    mask = torch.zeros(batch, 1, height, width)
-    generator = torch.Generator().manual_seed(seed)
-    box_h = min(height, max(32, round(math.sqrt(ratio) * height / 32) * 32))
-    box_w = min(width, max(32, round(ratio * height * width / box_h / 32) * 32))
-    for i in range(batch if ratio > 0 else 0):  # ratio 0: no box, every selection empty (setup, not timed)
-        top = 32 * int(torch.randint(0, (height - box_h) // 32 + 1, (1,), generator=generator))
-        left = 32 * int(torch.randint(0, (width - box_w) // 32 + 1, (1,), generator=generator))
-        mask[i, 0, top:top + box_h, left:left + box_w] = 1
-    return {s: F.max_pool2d(mask, s, ceil_mode=True)[:, 0].to(device) for s in (8, 16, 32)}
+# --- inputs ------------------------------------------------------------------------------------
+
+class Inputs:
+    """Images, scattered objects, their labels and detection targets for one shape and share."""
+
+    def __init__(self, batch: int, height: int, width: int, share: float, device, seed: int = 0):
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.images = torch.randn(batch, 3, height, width, generator=generator).to(device)
+        self.objects = scattered_objects(batch, height, width, share=share, seed=seed, device=device)
+        self.labels = labels_from_masks(self.objects, height, width, STRIDES)
+        self.targets = [{"boxes": o["boxes"], "labels": torch.randint(1, 81, (len(o["boxes"]),), device=device),
+                         "masks": o["masks"].to(torch.uint8)} for o in self.objects]
+
+    def tuned_capacity(self) -> float:
+        """The smallest fixed budget holding every image's selection at strides 16 and 32."""
+        return max(float(self.labels[s].flatten(1).mean(1).max()) for s in (16, 32)) + 1e-6
 
 
-SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # --quick
+# --- models ------------------------------------------------------------------------------------
+
+def variants(models: str, phase: str, mode: str, share: float) -> dict[str, dict]:
+    """label -> spec (name, create_model overrides, "settle": learned budget, "tuned": fixed budget)."""
+    topk = dict(selector="topk", keep_ratio=share)
+    tiny = {"torchvision": dict(name="torchvision_swin_t"), "swin_t": dict(name="swin_tiny"),
+            "spt_t_gt": dict(name="spt_tiny", selector="gt", settle=True),
+            "spt_t_gt_tuned": dict(name="spt_tiny", selector="gt", tuned=True),
+            "spt_t_topk": dict(name="spt_tiny", settle=True, **topk)}
+    if mode == "eager":
+        tiny["spt_t_gt_exact"] = dict(name="spt_tiny", selector="gt", capacity="exact")
+    small = {"swin_s": dict(name="swin_small"), "spt_s_gt": dict(name="spt_small", selector="gt", settle=True),
+             "spt_s_topk": dict(name="spt_small", settle=True, **topk)}
+    for size, table in (("tiny", tiny), ("small", small)):
+        stvit = f"stvit_r_{size}"
+        if stvit in spa_model.list_models():
+            table[f"stvit_r_{size[0]}"] = dict(name=stvit)
+    return {**(tiny if "tiny" in models else {}), **(small if "small" in models else {})}
 
 
-def make_model(name: str, device, quick: bool = False, **overrides):
-    with torch.device(device):  # initialise on the device (fast)
+def build(spec: dict, inputs: Inputs, device, quick: bool, settle_inputs: list[Inputs]):
+    spec = dict(spec)
+    name, settle, tuned = spec.pop("name"), spec.pop("settle", False), spec.pop("tuned", False)
+    if tuned:
+        spec["capacity"] = inputs.tuned_capacity()
+    with torch.device(device):
         if name == "torchvision_swin_t":
             if quick:
                 from torchvision.models.swin_transformer import SwinTransformer
                 return SwinTransformer([4, 4], 16, [2, 2, 2, 2], [1, 2, 4, 8], [7, 7])
             return torchvision.models.swin_t(weights=None)
-        return spa_model.create_model(name, num_classes=1000, **(SMALL if quick else {}), **overrides)
+        model = spa_model.create_model(name, num_classes=1000, **(SMALL if quick else {}), **spec)
+    if settle:
+        settle_budgets(model, [(i.images, i.labels) for i in settle_inputs], amp=device.type == "cuda")
+    return model
 
 
-def make_compute(model):
-    """images, labels -> (loss, selection ratios or None); what gets compiled (forward and loss)."""
-    if not isinstance(model, spa_model.SwinTransformer):
-        return lambda images, labels: (model(images).float().logsumexp(-1).mean(), None)
+def is_ours(model) -> bool:
+    return hasattr(model, "forward_features")
 
-    def compute(images, labels):
-        out = model.forward_features(images, labels)
+
+def features_fn(model, inputs: Inputs):
+    if is_ours(model):
+        return lambda: model.forward_features(inputs.images, inputs.labels).features
+    return lambda: model.norm(model.features(inputs.images))
+
+
+def loss_fn(model, inputs: Inputs):
+    def compute():
+        if not is_ours(model):
+            return model(inputs.images).float().logsumexp(-1).mean()
+        out = model.forward_features(inputs.images, inputs.labels)
         loss = model.forward_head(out).float().logsumexp(-1).mean()
-        if out.scores:
-            loss = loss + 0.01 * spa_model.selection_loss(out.scores, labels)
-        return loss, out.select_ratios
+        return loss + 0.01 * spa_model.selection_loss(out.scores, inputs.labels) if out.scores else loss
     return compute
 
 
-def inference_fn(model, compute, images, labels):
-    model.eval()
+def step_fn(model, inputs: Inputs, *, phase: str, mode: str, device):
+    """The callable timed: one inference (backbone features) or one training step."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if phase == "inference":
+        model.eval()
+        forward = features_fn(model, inputs)
+        if mode in ("compiled", "cudagraphs"):
+            forward = torch.compile(forward, dynamic=False, mode="reduce-overhead" if mode == "cudagraphs" else None)
+        elif mode == "graphs":
+            forward = graphed(model, inputs, forward, autocast)
 
-    def run():
-        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16):
-            return compute(images, labels)
-    return run
-
-
-def train_fn(model, compute, images, labels):
+        def run():
+            with torch.no_grad(), autocast:
+                return forward()
+        return run
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=images.device.type == "cuda")
+    compute = loss_fn(model, inputs)
+    if mode in ("compiled", "cudagraphs"):
+        compute = torch.compile(compute, dynamic=False, mode="reduce-overhead" if mode == "cudagraphs" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def step():
-        with torch.autocast(images.device.type, dtype=torch.bfloat16):
-            loss, _ = compute(images, labels)
+        with autocast:
+            loss = compute()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
 
 
-def build_step(bench: Bench, *, name: str, size, batch: int, phase: str, compiled: bool,
-               labels_ratio: float | None, overrides: dict):
-    """(step function, model, images, labels) for one configuration."""
-    height, width = size
-    device = bench.device
-    torch.manual_seed(0)
-    images = torch.randn(batch, 3, height, width, device=device)
-    labels = box_labels(batch, height, width, labels_ratio, 0, device) if labels_ratio is not None else None
-    model = make_model(name, device, bench.args.quick, **overrides)
-    compute = make_compute(model)
-    if compiled:  # static shapes: several models may share make_compute's code object
-        compute = torch.compile(compute, fullgraph=isinstance(model, spa_model.SwinTransformer), dynamic=False,
-                                mode=bench.args.compile_mode)
-    return (inference_fn if phase == "inference" else train_fn)(model, compute, images, labels), model, images, labels
+def graphed(model, inputs: Inputs, forward, autocast):
+    """Our models through spa_model.cuda_graphs' capture; torchvision's captured the same way by hand."""
+    if is_ours(model):
+        graph = spa_model.GraphedFeatures(model, capture_after=1)
+        return lambda: graph(inputs.images, inputs.labels).features
+    with torch.no_grad(), autocast:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                forward()
+        torch.cuda.current_stream().wait_stream(side)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False), torch.cuda.graph(cuda_graph):
+            out = forward()
+
+    def replay():
+        cuda_graph.replay()
+        return out
+    return replay
 
 
-def measure(bench: Bench, *, label: str, name: str, size, batch: int, phase: str, compiled: bool,
-            labels_ratio: float | None = None, **overrides):
-    height, width = size
-    cost = (COMPILE_COST_S if compiled else 5) * (1.5 if phase == "train" else 1)
-    row = dict(label=label, model=name, size=f"{width}x{height}", batch=batch, phase=phase, compiled=compiled,
-               overrides={k: v for k, v in overrides.items()}, keep=labels_ratio)
-    if not re.search(bench.args.labels, label):
-        return None
-    if not bench.fits(cost):
-        bench.record(**row, skipped="budget")
-        return None
-    device = bench.device
-    try:
-        fn, model, images, labels = build_step(bench, name=name, size=size, batch=batch, phase=phase,
-                                               compiled=compiled, labels_ratio=labels_ratio, overrides=overrides)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        fn()
-        first_s = time.perf_counter() - t0
-        ms = bench.timed(fn, bench.args.warmup, bench.args.iters)
-        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
-        bench.record(**row, ms=ms, img_s=batch * 1e3 / ms, peak_gib=peak, first_call_s=first_s,
-                     **selection_stats(model, images, labels))
-        return bench.results[-1]
-    except Exception as error:  # one failing configuration must not end the benchmark
-        bench.record(**row, error=one_line(error))
-        return None
-    finally:
-        torch._dynamo.reset()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+def detector_step(model, inputs: Inputs, *, phase: str, device):
+    """torchvision Mask R-CNN (FPN, 80 classes) on the backbone: inference or a training step."""
+    from spa_train.detection import build_detector
+
+    detector = build_detector(model, num_classes=80, masks=True).to(device)
+    adapter = detector.backbone.body
+    adapter.select_labels = inputs.labels
+    images = list(inputs.images)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if phase == "inference":
+        detector.eval()
+
+        def run():
+            with torch.no_grad(), autocast:
+                return detector(images)
+        return run, detector
+    detector.train()
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = sum(detector(images, inputs.targets).values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step, detector
 
 
-def one_line(error: Exception) -> str:
-    """An error as one short line for a result row."""
-    first = (str(error).splitlines() or [""])[0][:300]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-def selection_stats(model, images, labels) -> dict:
-    """GMACs per image (our models), the mean selection ratio and the containers each SPA block used."""
-    if not isinstance(model, spa_model.SwinTransformer):
+def selection_stats(model, inputs: Inputs) -> dict:
+    """GMACs per image, select ratio and the share of selected tokens the budget dropped (eval mode)."""
+    if not is_ours(model):
         return {}
-    training = model.training  # restored: a compiled training step would recompile in eval mode
-    with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16):
-        model.eval()
-        out = model.forward_features(images, labels)
+    training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast(inputs.images.device.type, dtype=torch.bfloat16,
+                                         enabled=inputs.images.is_cuda):
+        out = model.forward_features(inputs.images, inputs.labels)
     model.train(training)
     stats = {"gmacs_per_image": spa_model.count_flops(model, out).total / 1e9}
-    if out.select_ratios:
-        stats["select_ratio"] = float(torch.stack(out.select_ratios).mean())
-        stats["containers"] = [int(c) for c in out.containers]
+    if out.blocks:
+        selected = sum(float(b.selected.sum()) for b in out.blocks)
+        stats.update(select_ratio=float(torch.stack(out.select_ratios).mean()),
+                     dropped_share=sum(float(d) for d in out.dropped) / max(selected, 1),
+                     budgets=[round(b.value, 4) for b in model.modules() if isinstance(b, spa_model.budget.TokenBudget)])
     return stats
 
 
 def host_ms(fn, device, iters: int = 5) -> float:
-    """Median host milliseconds to issue one call from an idle device: near the device time, the
-    step is bound by launches on the host rather than by GPU work."""
+    """Median host milliseconds to issue one call from an idle device."""
     times = []
     for _ in range(iters):
         if device.type == "cuda":
@@ -243,209 +280,134 @@ def host_ms(fn, device, iters: int = 5) -> float:
     return statistics.median(times)
 
 
-def interleaved(bench: Bench, variants: dict[str, dict], *, size, batch: int, phase: str, compiled: bool,
-                rounds: int) -> None:
-    """Img/s of several configurations timed in turn, ``rounds`` times (median, min, max over rounds), so
-    drifts of the machine hit all of them alike and the ratios are trustworthy. All models stay built."""
-    height, width = size
+def one_line(error: Exception) -> str:
+    first = (str(error).splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+# --- one group, timed in turn ------------------------------------------------------------------
+
+def group(bench: Bench, specs: dict[str, dict], *, shape, phase: str, mode: str, share: float,
+          detector: bool = False) -> None:
+    (width, height), batch = shape
+    device = bench.device
+    inputs = Inputs(batch, height, width, share, device)
+    settle_inputs = [Inputs(batch, height, width, share, device, seed=s) for s in (1, 2, 3)]
+    common = dict(shape=f"{width}x{height}", batch=batch, phase=phase, mode=mode, share=share,
+                  detector="maskrcnn" if detector else None)
+    if bench.elapsed() > bench.args.budget:
+        for label in specs:
+            bench.record(label=label, **common, skipped="budget")
+        return
     steps, rows = {}, {}
-    for label, spec in variants.items():
-        spec = dict(spec)
-        name, labels_ratio = spec.pop("name"), spec.pop("labels_ratio", None)
-        row = dict(label=label, model=name, size=f"{width}x{height}", batch=batch, phase=phase, compiled=compiled,
-                   interleaved=True, overrides=spec, keep=labels_ratio)
+    for label, spec in specs.items():
+        row = dict(label=label, model=spec["name"], **common)
         try:
-            fn, model, images, labels = build_step(bench, name=name, size=size, batch=batch, phase=phase,
-                                                   compiled=compiled, labels_ratio=labels_ratio, overrides=spec)
+            torch.manual_seed(0)
+            model = build(spec, inputs, device, bench.args.quick, settle_inputs)
+            if detector:
+                fn, _ = detector_step(model, inputs, phase=phase, device=device)
+            else:
+                fn = step_fn(model, inputs, phase=phase, mode=mode, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             fn()
-            rows[label] = bench.record(**row, first_call_s=time.perf_counter() - t0,
-                                       **selection_stats(model, images, labels))
+            first_s = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+            rows[label] = bench.record(**row, first_call_s=first_s, peak_gib=peak, **selection_stats(model, inputs))
             steps[label] = fn
-        except Exception as error:
+        except Exception as error:  # one failing configuration must not end the benchmark
             bench.record(**row, error=one_line(error))
     samples: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(rounds):
+    for _ in range(bench.args.rounds):
         for label, fn in steps.items():
-            samples[label].append(bench.timed(fn, bench.args.warmup, bench.args.iters))
-        for label, times in samples.items():  # saved every round: a run cut short keeps what it timed
-            rows[label].update(rounds=len(times), ms=statistics.median(times),
-                               img_s=batch * 1e3 / statistics.median(times),
-                               img_s_min=batch * 1e3 / max(times), img_s_max=batch * 1e3 / min(times))
+            try:
+                samples[label].append(bench.timed(fn))
+            except Exception as error:
+                rows[label]["error"] = one_line(error)
+        for label, times in samples.items():
+            if times:
+                rows[label].update(rounds=len(times), ms=statistics.median(times),
+                                   img_s=batch * 1e3 / statistics.median(times),
+                                   img_s_min=batch * 1e3 / max(times), img_s_max=batch * 1e3 / min(times))
         bench.save()
     for label, fn in steps.items():
-        rows[label]["host_ms"] = host_ms(fn, bench.device)
-        if bench.args.trace:
-            path = os.path.join(bench.args.out, f"trace_{label}_{width}x{height}.json.gz")
-            rows[label].update(trace_idle(fn, path, label))
+        rows[label]["host_ms"] = host_ms(fn, device)
+    base = rows.get("swin_t") or rows.get("swin_s")
+    for label, row in rows.items():
+        reference = rows.get("swin_s") if "_s" in label and "swin_s" in rows else base
+        if reference and "img_s" in row and "img_s" in reference:
+            row["vs_swin"] = row["img_s"] / reference["img_s"]
     bench.save()
-
-
-def trace_idle(fn, path: str, label: str, steps: int = 2) -> dict:
-    """Profiles ``steps`` steps into a Chrome trace at ``path``; the GPU's busy and idle ms per step and
-    the host ops its idle time waited on (benchmarks/trace_gaps.py)."""
-    from torch.profiler import ProfilerActivity, profile
-    from trace_gaps import format_report, idle_report, load
-
-    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * torch.cuda.is_available()) as prof:
-        for _ in range(steps):
-            fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    prof.export_chrome_trace(path)
-    report = idle_report(load(path), steps, top=8)
-    print(format_report(label, report), file=sys.stderr, flush=True)
-    return {f"trace_{k}": v for k, v in report.items()}
-
-
-def static_capacity(size, batch: int, keep: float, window: int = 7) -> float:
-    """The smallest token budget (``capacity``) that holds the gt selection of this batch: the largest
-    share of an image's window-major tokens kept at stride 16 or 32."""
-    height, width = size
-    labels = box_labels(batch, height, width, keep, 0, "cpu")
-    shares = []
-    for stride in (16, 32):
-        grid_h, grid_w = -(-height // stride), -(-width // stride)
-        padded = -(-grid_h // window) * window * -(-grid_w // window) * window
-        shares.append(float(labels[stride].flatten(1).sum(1).max()) / padded)
-    return max(shares) + 1e-6
+    steps.clear()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--budget", type=float, default=330.0, help="seconds; later work is skipped")
+    parser.add_argument("--name", default="bench_backbone.json", help="result file name under --out")
+    parser.add_argument("--shape", default="1280x800:8", help="WxH:batch (224x224:256, 1280x800:1, ...)")
+    parser.add_argument("--phases", default="inference,train")
+    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--models", default="tiny", help="tiny, small or tiny,small")
+    parser.add_argument("--labels", default="", help="regex: only the variants whose label matches")
+    parser.add_argument("--share", type=float, default=0.25, help="share of stride-16 cells the objects cover")
+    parser.add_argument("--sweep", action="store_true", help="also: shares 0.1/0.25/0.5, eager and graphs inference")
+    parser.add_argument("--maskrcnn", action="store_true", help="also: the whole Mask R-CNN, eager")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="tiny models and sizes (CPU smoke test)")
-    parser.add_argument("--compile-quick", action="store_true", help="with --quick: compiled runs too")
-    parser.add_argument("--parts", default="eager,sweep,compiled-inference,compiled-train",
-                        help="comma-separated: eager, sweep, compiled-inference, compiled-train, "
-                             "interleaved-{eager,compiled}-{inference,train}")
-    parser.add_argument("--repeat", type=int, default=1, help="run the eager section this many times")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the interleaved-* parts")
-    parser.add_argument("--compile-mode", default=None,
-                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs: no host launch cost)")
-    parser.add_argument("--trace", action="store_true",
-                        help="interleaved-*: after the rounds, trace each model's steps (GPU idle time by host op)")
-    parser.add_argument("--labels", default="", help="regex: measure only the rows whose label matches")
-    parser.add_argument("--sizes", default="224,1280", help="comma-separated: 224 (batch 256), 1280 (1280x800, batch 8)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds; later groups are skipped")
+    parser.add_argument("--quick", action="store_true", help="tiny models (a CPU smoke test)")
     args = parser.parse_args()
+    torch._dynamo.config.cache_size_limit = 64  # the variants of a group share code objects (one guard each)
     bench = Bench(args)
-    parts = set(args.parts.split(","))
-    sizes = [((224, 224), 256), ((800, 1280), 8)] if not args.quick else [((64, 64), 2), ((96, 160), 1)]
-    sizes = [s for s, name in zip(sizes, ("224", "1280")) if name in args.sizes.split(",")]
-    if args.quick and not args.compile_quick:
-        parts = {p for p in parts if "compiled" not in p}
-    keep = 0.25
-    for size, batch in sizes:
-        bench.meta[f"static_capacity_{size[1]}x{size[0]}"] = static_capacity(size, batch, keep)
+    size, batch = args.shape.split(":")
+    shape = (tuple(int(v) for v in size.split("x")), int(batch))
 
-    # 1. eager: ours vs torchvision; SPT-T (25% of stage 3-4 tokens) vs Swin-T; paper's packing; no RPB.
-    #    --repeat N runs the whole section N times, so each figure's spread shows next to it.
-    for size, batch in [sb for _ in range(args.repeat) for sb in sizes] if "eager" in parts else []:
-        capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
+    def chosen(specs):
+        return {k: v for k, v in specs.items() if re.search(args.labels, k)}
+
+    for mode in args.modes.split(","):
+        for phase in args.phases.split(","):
+            if mode == "graphs" and (phase != "inference" or bench.device.type != "cuda"):
+                continue
+            group(bench, chosen(variants(args.models, phase, mode, args.share)), shape=shape, phase=phase,
+                  mode=mode, share=args.share)
+    if args.maskrcnn:
         for phase in ("inference", "train"):
-            common = dict(size=size, batch=batch, phase=phase, compiled=False)
-            measure(bench, label="torchvision", name="torchvision_swin_t", **common)
-            measure(bench, label="swin_t", name="swin_tiny", **common)
-            measure(bench, label="spt_t_gt25", name="spt_tiny", labels_ratio=keep, selector="gt", **common)
-            measure(bench, label="spt_t_gt25_static", name="spt_tiny", labels_ratio=keep, selector="gt",
-                    capacity=capacity, **common)
-            measure(bench, label="spt_t_gt25_static_paper_packing", name="spt_tiny", labels_ratio=keep,
-                    selector="gt", capacity=capacity, per_image_containers=False, **common)
-        measure(bench, label="spt_t_gt25_static_no_rpb", name="spt_tiny", relative_position=False, size=size,
-                batch=batch, phase="inference", compiled=False, labels_ratio=keep, selector="gt", capacity=capacity)
-
-    # 2. speed-up against the selection ratio (eager inference, detection size, static capacity).
-    if "sweep" in parts:
-        size, batch = sizes[-1]
-        common = dict(size=size, batch=batch, phase="inference", compiled=False)
-        measure(bench, label="swin_t_sweep_base", name="swin_tiny", **common)
-        for ratio in (0.1, 0.25, 0.5, 0.75, 1.0):
-            measure(bench, label="sweep", name="spt_tiny", labels_ratio=ratio, selector="gt",
-                    capacity=min(1.0, static_capacity(size, batch, ratio)), **common)
-        plot(bench)
-
-    # 3. compiled (fullgraph for ours: a graph break fails the row).
-    for phase in ("inference", "train"):
-        if f"compiled-{phase}" not in parts:
-            continue
-        for size, batch in sizes:
-            common = dict(size=size, batch=batch, phase=phase, compiled=True)
-            measure(bench, label="swin_t", name="swin_tiny", **common)
-            spt = dict(name="spt_tiny", labels_ratio=keep, selector="gt",
-                       capacity=bench.meta[f"static_capacity_{size[1]}x{size[0]}"])
-            measure(bench, label="spt_t_gt25_static", **spt, **common)
-            measure(bench, label="spt_t_gt25_static_paper_packing", per_image_containers=False, **spt, **common)
-            measure(bench, label="torchvision", name="torchvision_swin_t", **common)
-    # 4. the headline ratios, timed in turn (--rounds); spt_t_gt0 (every selection empty) is the bound
-    #    no selection can beat: SPT with its stage 3-4 attention all but gone.
-    for part in sorted(p for p in parts if p.startswith("interleaved-")):
-        mode, phase = part.split("-")[1:]
-        for size, batch in sizes:
-            capacity = bench.meta[f"static_capacity_{size[1]}x{size[0]}"]
-            spt = dict(name="spt_tiny", labels_ratio=keep, selector="gt", capacity=capacity)
-            variants = {"torchvision": dict(name="torchvision_swin_t"), "swin_t": dict(name="swin_tiny"),
-                        "spt_t_gt25_static": spt,
-                        "spt_t_gt25_static_paper_packing": dict(spt, per_image_containers=False),
-                        "spt_t_gt0_static": dict(spt, labels_ratio=0.0, capacity=0.0)}
-            variants = {k: v for k, v in variants.items() if re.search(args.labels, k)}
-            interleaved(bench, variants, size=size, batch=batch, phase=phase, compiled=mode == "compiled",
-                        rounds=args.rounds)
-            torch._dynamo.reset()
+            specs = {k: v for k, v in variants("tiny", phase, "eager", args.share).items()
+                     if k in ("swin_t", "spt_t_gt", "spt_t_topk", "stvit_r_t")}
+            group(bench, chosen(specs), shape=shape, phase=phase, mode="eager", share=args.share, detector=True)
+    if args.sweep:
+        for share in (0.1, 0.25, 0.5):
+            specs = {k: v for k, v in variants("tiny", "inference", "eager", share).items()
+                     if k in ("swin_t", "spt_t_gt", "spt_t_gt_tuned")}
+            for mode in ("eager", "graphs") if bench.device.type == "cuda" else ("eager",):
+                group(bench, specs, shape=shape, phase="inference", mode=mode, share=share)
     summarize(bench)
-
-
-def plot(bench: Bench) -> None:
-    rows = [r for r in bench.results if r["label"] == "sweep" and "img_s" in r]
-    base = [r for r in bench.results if r["label"] == "swin_t_sweep_base" and "img_s" in r]
-    if not rows or not base:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ratios = [r["select_ratio"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ratios, [r["img_s"] / base[0]["img_s"] for r in rows], "o-", label="measured (eager, bf16)")
-    ax.plot(ratios, [base[0]["gmacs_per_image"] / r["gmacs_per_image"] for r in rows], "s--", label="FLOPs ratio (ideal)")
-    ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xlabel("tokens selected in stages 3-4")
-    ax.set_ylabel("SPT-T speed-up over Swin-T")
-    ax.set_title(f"{rows[0]['size']} batch {rows[0]['batch']}, {bench.meta['device']}", fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(bench.args.out, "spt_speedup.png"), dpi=120)
 
 
 def summarize(bench: Bench) -> None:
     print(f"\n{bench.meta['device']}  torch {bench.meta['torch']}  {bench.meta['date']}")
-    print(f"{'label':32s} {'size':9s} {'batch':>5s} {'phase':9s} {'mode':8s} {'img/s':>9s} {'peak GiB':>8s} "
-          f"{'GMACs':>6s} {'sel':>5s}")
+    print(f"{'label':16s} {'shape':10s} {'b':>3s} {'phase':9s} {'mode':10s} {'det':4s} {'share':>5s} {'img/s':>9s} "
+          f"{'vs swin':>7s} {'spread':>17s} {'GiB':>6s} {'GMACs':>7s} {'sel':>5s} {'drop':>6s} {'host/ms':>13s}")
     for r in bench.results:
-        mode = "compiled" if r["compiled"] else "eager"
+        head = (f"{r['label']:16s} {r['shape']:10s} {r['batch']:3d} {r['phase']:9s} {r['mode']:10s} "
+                f"{'yes' if r.get('detector') else '':4s} {r['share']:5.2f}")
         if "img_s" not in r:
-            print(f"{r['label']:32s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} "
-                  f"{r.get('skipped') or r.get('error')}")
+            print(f"{head} {r.get('skipped') or r.get('error') or 'no timing'}")
             continue
-        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") else "-"
-        gmacs = f"{r['gmacs_per_image']:.2f}" if "gmacs_per_image" in r else "-"
-        sel = f"{r['select_ratio']:.2f}" if "select_ratio" in r else "-"
-        spread = (f"  [{r['img_s_min']:.1f}, {r['img_s_max']:.1f}] over {r['rounds']} rounds, host "
-                  f"{r.get('host_ms', float('nan')):.1f} of {r['ms']:.1f} ms" if r.get("interleaved") else "")
-        print(f"{r['label']:32s} {r['size']:9s} {r['batch']:5d} {r['phase']:9s} {mode:8s} {r['img_s']:9.1f} "
-              f"{peak:>8s} {gmacs:>6s} {sel:>5s}{spread}")
-    repeated: dict[tuple, list[float]] = {}
-    for r in bench.results:
-        if "img_s" in r:
-            repeated.setdefault((r["label"], r["size"], r["phase"], r["compiled"]), []).append(r["img_s"])
-    if any(len(v) > 1 for v in repeated.values()):
-        print(f"\n{'label':32s} {'size':9s} {'phase':9s} {'median':>9s} {'min':>9s} {'max':>9s} runs")
-        for (label, size, phase, _), values in repeated.items():
-            if len(values) > 1:
-                print(f"{label:32s} {size:9s} {phase:9s} {statistics.median(values):9.1f} {min(values):9.1f} "
-                      f"{max(values):9.1f} {len(values)}")
+        spread = f"[{r['img_s_min']:.1f}, {r['img_s_max']:.1f}]"
+        fmt = lambda key, spec: format(r[key], spec) if r.get(key) is not None else "-"  # noqa: E731
+        print(f"{head} {r['img_s']:9.1f} {fmt('vs_swin', '7.3f')} {spread:>17s} {fmt('peak_gib', '6.2f')} "
+              f"{fmt('gmacs_per_image', '7.2f')} {fmt('select_ratio', '5.2f')} {fmt('dropped_share', '6.4f')} "
+              f"{r.get('host_ms', float('nan')):5.1f}/{r['ms']:6.1f}")
     print(f"total {bench.elapsed():.0f} s")
 
 

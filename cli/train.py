@@ -89,15 +89,17 @@ def evaluate(checkpoint: Path, shards: str, device: str, batch_size: int, num_wo
 @click.option("--batch", default=32, show_default=True, help="Batch size.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--selector", type=click.Choice(SELECTORS), default="spa", show_default=True,
-              help="gt selects the upper-left quarter (an IN-S canvas).")
+              help="gt selects the labels of the scattered objects (gate evaluated).")
+@click.option("--share", default=0.25, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of the stride-16 cells the scattered objects cover.")
 @click.option("--steps", default=10, show_default=True, help="Timed steps (median reported).")
 @click.option("--warmup", default=3, show_default=True, help="Untimed steps first.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results to this JSON file.")
 @click.argument("model_args", nargs=-1, metavar="[KEY=VALUE]...")
 @debug_option
-def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: str, steps: int, warmup: int,
-          amp: str, json_out: Optional[Path], model_args: tuple[str, ...], debug: bool) -> None:
+def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: str, share: float, steps: int,
+          warmup: int, amp: str, json_out: Optional[Path], model_args: tuple[str, ...], debug: bool) -> None:
     """Throughput (img/s, inference and training step) and MACs per image of a model config."""
     from spa_train.bench import bench_model
     from spa_train.config import parse_override
@@ -105,7 +107,7 @@ def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: 
     if batch < 1 or steps < 1 or warmup < 0:
         raise click.BadParameter("--batch and --steps must be >= 1, --warmup >= 0")
     result = bench_model(model, size=size, batch=batch, device=device, steps=steps, warmup=warmup, amp=amp,
-                         selector=selector,
+                         selector=selector, share=share,
                          model_args=dict(parse_override(item) for item in model_args))
     _print_table(result)
     if json_out:

@@ -308,6 +308,20 @@ class SwinTransformer(nn.Module):
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
+    @property
+    def label_strides(self) -> tuple[int, ...]:
+        """Strides of the selection labels this model reads: its gates' score maps (the selection
+        loss) and the oracle selector's choice. Empty for Swin and the "all" selector."""
+        if not self.selector.uses_gate:
+            return ()
+        strides = set()
+        for stage in self.stages:
+            if stage.entry_gate is not None:
+                strides.add(stage.stride // 2)
+            if any(isinstance(block, SpaBlock) for block in stage.blocks):
+                strides.add(stage.stride)
+        return tuple(sorted(strides))
+
     def forward_features(self, images: Tensor, select_labels: dict[int, Tensor] | None = None) -> FeatureOutput:
         """Backbone pass: feature pyramid, gate score maps, selection ratios, containers used."""
         x = self.patch_embed(images)
