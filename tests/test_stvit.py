@@ -80,8 +80,8 @@ def test_detection_backbone_flops_near_the_published_figures(stvit, swin, stvit_
     assert ours_macs / swin_macs < 0.69  # published: -31% (S), -32% (B)
 
 
-@pytest.mark.parametrize("form, stem", [("det", "conv"), ("cls", "patch")])
-@pytest.mark.parametrize("size", [(224, 224), (100, 132), (36, 60)])
+@pytest.mark.parametrize("form, stem, size", [("det", "conv", (100, 132)), ("det", "conv", (36, 60)),
+                                              ("cls", "patch", (100, 132)), ("cls", "patch", (224, 224))])
 def test_flops_counter_counts_what_runs(form, stem, size):
     """Every matmul and convolution torch records (math attention, so that its matmuls are seen)
     equals the analytic count without norms: masked keys and padded queries included, K/V once."""
@@ -94,8 +94,8 @@ def test_flops_counter_counts_what_runs(form, stem, size):
 
 # --- shapes, padding, batches, gradients, compile ---------------------------------------------
 
-@pytest.mark.parametrize("size", [(224, 224), (800, 1280), (100, 132), (37, 53)])
-@pytest.mark.parametrize("stem", ["conv", "patch"])
+@pytest.mark.parametrize("size, stem", [((224, 224), "conv"), ((800, 1280), "conv"), ((37, 53), "conv"),
+                                        ((37, 53), "patch"), ((100, 132), "patch")])
 def test_four_maps_at_strides_4_to_32(size, stem):
     model = _small(stem=stem).eval()
     with torch.no_grad():
@@ -259,6 +259,36 @@ def test_compiles_as_one_graph():
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(compiled_grads, grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_bf16_and_inductor_on_cuda_at_1280x800():
+    """The detection size in bf16: a compiled (Inductor) training step matches eager, and an image's
+    eval features do not depend on its batch."""
+    torch.manual_seed(0)
+    model = spa_model.create_model("stvit_r_tiny", drop_path_rate=0.0).cuda().train()
+    images = torch.randn(2, 3, 800, 1280, device="cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_of(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return sum(f.float().square().mean() for f in model.forward_features(batch).features)
+
+    def step(compute):
+        loss = compute(images)
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    (loss, grads), (compiled_loss, compiled_grads) = step(loss_of), step(torch.compile(loss_of, fullgraph=True))
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled_loss, loss, rtol=2e-2, atol=1e-3)
+    for a, b in zip(compiled_grads, grads):
+        assert (a.float() - b.float()).norm() <= 5e-2 * b.float().norm() + 1e-6
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        batched = model.forward_features(images).features
+        alone = model.forward_features(images[1:]).features
+    for b, a in zip(batched, alone):
+        assert (b[1:].float() - a.float()).abs().max() < 5e-2 * a.float().abs().max()
 
 
 # --- weights ----------------------------------------------------------------------------------
