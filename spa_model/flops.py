@@ -14,10 +14,10 @@ Per module, as Swin's ``flops()`` methods (microsoft/Swin-Transformer) count the
 * patch merging: norm 4C H' W' + reduction H' W' 4C 2C; final norm; head 8C x classes.
 * STViT-R (:mod:`spa_model.stvit`): the conv stem's two convolutions and BatchNorms (the first
   counted on twice the stage-1 grid, exact for inputs that are multiples of 4); in stage 3 each
-  attention counts q and proj on its queries, K/V once per token of the map it reads (then
-  gathered: what runs here, and what the authors' published detection FLOPs count), QK^T and AV
-  on every key of a query's neighbourhood, masked ones included (they are computed), and the
-  norms; the MLPs on their tokens. Max pooling, like softmax, is not counted.
+  attention counts q and proj on its queries, K/V once per real token of the map it reads (then
+  gathered; the authors' published detection FLOPs count them once per token of the padded
+  map), QK^T and AV on every key of a query's neighbourhood, masked ones included (they are
+  computed), and the norms; the MLPs on their tokens. Max pooling, like softmax, is not counted.
 
 Counts are per image: a batch's container counts are divided by the batch size (so the report is
 the average image's MACs). Swin-T at 224x224 with the 1000-class head: 4.49 G (Swin reports 4.5 G).
