@@ -1,4 +1,4 @@
-"""spa_model: Swin and SPT (Select and Pack Transformer) backbones.
+"""spa_model: Swin, SPT (Select and Pack Transformer) and STViT-R backbones.
 
 >>> import spa_model
 >>> model = spa_model.create_model("spt_tiny", num_classes=200, selector="gumbel")
@@ -14,7 +14,8 @@ from .inference import GraphedFeatures, cuda_graphs
 from .models import (FeatureOutput, SpaConfig, SwinConfig, SwinTransformer, create_model, list_models,
                      register_model)
 from .selection import selection_loss
+from .stvit import STVIT_FORMS, StvitConfig, StvitR
 
 __all__ = ["create_model", "list_models", "register_model", "SwinConfig", "SpaConfig", "SwinTransformer",
            "FeatureOutput", "selection_loss", "count_flops", "FlopsReport", "BudgetPolicy", "update_token_budgets",
-           "GraphedFeatures", "cuda_graphs"]
+           "GraphedFeatures", "cuda_graphs", "StvitConfig", "StvitR", "STVIT_FORMS"]

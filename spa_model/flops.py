@@ -12,9 +12,18 @@ Per module, as Swin's ``flops()`` methods (microsoft/Swin-Transformer) count the
   2 containers L^2 C; MLP and norm2 on all tokens. Sigmoid gating, softmax, bias and masks are not
   counted (Swin counts none of its element-wise ops except norms);
 * patch merging: norm 4C H' W' + reduction H' W' 4C 2C; final norm; head 8C x classes.
+* STViT-R (:mod:`spa_model.stvit`): the conv stem's two convolutions and BatchNorms (the first
+  counted on twice the stage-1 grid, exact for inputs that are multiples of 4); in stage 3 each
+  attention counts q and proj on its queries, K/V once per real token of the map it reads (then
+  gathered; the authors' published detection FLOPs count them once per token of the padded
+  map), QK^T and AV on every key of a query's neighbourhood, masked ones included (they are
+  computed), and the norms; the MLPs on their tokens. Max pooling, like softmax, is not counted.
 
 Counts are per image: a batch's container counts are divided by the batch size (so the report is
 the average image's MACs). Swin-T at 224x224 with the 1000-class head: 4.49 G (Swin reports 4.5 G).
+``norm_macs=5, duplicated_kv=True`` counts as fvcore counted the authors' STViT-R code (norms 5
+MACs per element, K/V normed and projected once per neighbourhood copy): their logged 5.826 G
+(STViT-R-S) and 10.264 G (B) at 224x224 with ``form="cls"``.
 """
 from __future__ import annotations
 
@@ -25,6 +34,8 @@ from torch import Tensor
 
 from .layers import SwinBlock, WindowGrid
 from .models import FeatureOutput, SpaBlock, SwinTransformer
+from .stvit import (ConvStem, SemanticGrid, SemanticRecovery, SemanticSelfAttention, SemanticStage,
+                    SemanticTokenGeneration, SemanticTokenRefinement)
 
 __all__ = ["FlopsReport", "count_flops"]
 
@@ -45,27 +56,87 @@ class FlopsReport:
         return "\n".join(lines + [f"{'total':28s} {self.total / 1e9:10.3f} G MACs per image"])
 
 
-def _swin_block_macs(block: SwinBlock, grid: WindowGrid, dim: int) -> float:
+def _swin_block_macs(block: SwinBlock, grid: WindowGrid, dim: int, norm_macs: int) -> float:
     tokens = grid.height * grid.width
     padded = grid.padded[0] * grid.padded[1]
     length = grid.window ** 2
     hidden = block.mlp.fc1.out_features
     attention = padded * dim * 3 * dim + 2 * padded * length * dim + padded * dim * dim
-    return 2 * tokens * dim + attention + 2 * tokens * dim * hidden
+    return 2 * norm_macs * tokens * dim + attention + 2 * tokens * dim * hidden
 
 
-def _spa_block_macs(block: SpaBlock, grid: WindowGrid, dim: int, containers: float, uses_gate: bool) -> float:
+def _spa_block_macs(block: SpaBlock, grid: WindowGrid, dim: int, containers: float, uses_gate: bool,
+                    norm_macs: int) -> float:
     tokens = grid.height * grid.width
     slots = containers * block.container_len
     hidden = block.mlp.fc1.out_features
     attention = slots * dim * 4 * dim + 2 * slots * block.container_len * dim
     gate = tokens * dim if uses_gate else 0
-    return 2 * tokens * dim + gate + attention + 2 * tokens * dim * hidden
+    return 2 * norm_macs * tokens * dim + gate + attention + 2 * tokens * dim * hidden
+
+
+def _stem_macs(model: SwinTransformer, height: int, width: int, norm_macs: int) -> float:
+    """Patch embedding (conv + norm) or the conv stem, from the stage-1 grid (height, width)."""
+    cfg = model.cfg
+    if isinstance(model.patch_embed, ConvStem):
+        half = model.patch_embed.conv1.out_channels
+        first = (2 * height) * (2 * width) * half * (cfg.in_chans * 9 + norm_macs)
+        return first + height * width * cfg.embed_dim * (half * 9 + norm_macs)
+    return height * width * cfg.embed_dim * (cfg.in_chans * cfg.patch_size ** 2 + norm_macs)
+
+
+def _semantic_stage_macs(stage: SemanticStage, height: int, width: int, dim: int, *, name: str, norm_macs: int,
+                         duplicated_kv: bool) -> dict[str, float]:
+    """MACs of each block of an STViT-R stage 3 on an (height, width) map (see the module docstring)."""
+    grid = SemanticGrid.build(height, width, window=stage.window, cfg=stage.cfg, device=torch.device("cpu"))
+    tokens = height * width
+    padded = grid.windows.padded[0] * grid.windows.padded[1]
+    windows, per_window = grid.num_windows, grid.tokens ** 2
+    semantic = grid.shape[0] * grid.shape[1]
+
+    def attention(queries: int, keys: int, groups: int, kv_rows: int, key_norm_rows: int) -> float:
+        """q, proj on the queries; K/V (and their norm, where not the queries') on kv_rows; QK^T, AV."""
+        if duplicated_kv:  # the authors' code norms and projects every gathered copy of a key
+            kv_rows, key_norm_rows = groups * keys, groups * keys if key_norm_rows else 0
+        return (2 * queries * dim * dim + 2 * kv_rows * dim * dim + 2 * queries * keys * dim
+                + norm_macs * key_norm_rows * dim)
+
+    def query_norm_and_mlp(block, rows: int) -> float:  # norm1 of the queries, norm2 and MLP on the same rows
+        return 2 * norm_macs * rows * dim + 2 * rows * dim * block.mlp.fc1.out_features
+
+    macs = {}
+    for index, block in enumerate(stage.blocks):
+        if isinstance(block, SwinBlock):
+            count = _swin_block_macs(block, grid.windows, dim, norm_macs)
+        elif isinstance(block, SemanticTokenGeneration):
+            pooled = per_window if block.pooled_keys else 0
+            count = attention(semantic, grid.stgm1_index.shape[1] + pooled, windows,
+                              tokens + (semantic if pooled else 0), tokens)
+        elif isinstance(block, SemanticTokenRefinement):
+            count = (attention(semantic, semantic + tokens, 1, semantic + tokens, tokens) if block.global_keys
+                     else attention(semantic, grid.stgm2_index.shape[1], windows, tokens, tokens))
+        elif isinstance(block, SemanticSelfAttention):
+            count = (attention(semantic, per_window, windows, semantic, 0) if block.local
+                     else attention(semantic, semantic, 1, semantic, 0))
+        elif isinstance(block, SemanticRecovery):
+            count = (attention(tokens, semantic, 1, semantic, semantic) if block.global_keys
+                     else attention(padded, grid.restore_index.shape[1], windows, semantic, semantic))
+        else:
+            raise TypeError(f"no FLOPs formula for {type(block).__name__}")
+        if not isinstance(block, SwinBlock):
+            count += query_norm_and_mlp(block, tokens if isinstance(block, SemanticRecovery) else semantic)
+        macs[f"{name}.blocks.{index}"] = count
+    return macs
 
 
 @torch.no_grad()
-def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput) -> FlopsReport:
-    """MACs per image of ``model`` on a batch (run here if ``images_or_output`` is a tensor)."""
+def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput, *, norm_macs: int = 1,
+                duplicated_kv: bool = False) -> FlopsReport:
+    """MACs per image of ``model`` on a batch (run here if ``images_or_output`` is a tensor).
+
+    ``norm_macs``: MACs per normalised element (Swin: 1, fvcore: 5); ``duplicated_kv``: count STViT-R's
+    keys as the authors' code computes them (see the module docstring).
+    """
     output = images_or_output
     if isinstance(output, Tensor):
         output = model.forward_features(output)
@@ -76,11 +147,15 @@ def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput
     uses_gate = model.selector.uses_gate
     macs: dict[str, float] = {}
     height, width = grids_hw[0]
-    macs["patch_embed"] = height * width * cfg.embed_dim * (cfg.in_chans * cfg.patch_size ** 2 + 1)
+    macs["patch_embed"] = _stem_macs(model, height, width, norm_macs)
     for index, (stage, (height, width), dim) in enumerate(zip(model.stages, grids_hw, model.feature_channels)):
         name = f"stages.{index}"
         if index > 0:
-            macs[f"{name}.downsample"] = height * width * (4 * (dim // 2) + 4 * (dim // 2) * dim)
+            macs[f"{name}.downsample"] = height * width * (norm_macs * 4 * (dim // 2) + 4 * (dim // 2) * dim)
+        if isinstance(stage, SemanticStage):
+            macs.update(_semantic_stage_macs(stage, height, width, dim, name=name, norm_macs=norm_macs,
+                                             duplicated_kv=duplicated_kv))
+            continue
         if stage.entry_gate is not None and uses_gate:
             prev_h, prev_w = grids_hw[index - 1]
             macs[f"{name}.entry_gate"] = 2 * prev_h * prev_w * (dim // 2)
@@ -89,10 +164,10 @@ def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput
         for j, block in enumerate(stage.blocks):
             block_grid = shifted_grid if block.shifted else grid
             macs[f"{name}.blocks.{j}"] = (
-                _spa_block_macs(block, block_grid, dim, next(containers), uses_gate) if isinstance(block, SpaBlock)
-                else _swin_block_macs(block, block_grid, dim))
+                _spa_block_macs(block, block_grid, dim, next(containers), uses_gate, norm_macs)
+                if isinstance(block, SpaBlock) else _swin_block_macs(block, block_grid, dim, norm_macs))
     height, width = grids_hw[-1]
-    macs["norm"] = height * width * model.feature_channels[-1]
+    macs["norm"] = norm_macs * height * width * model.feature_channels[-1]
     if model.num_classes > 0:
         macs["head"] = model.feature_channels[-1] * model.num_classes
     return FlopsReport(macs, batch)
