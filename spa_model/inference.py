@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from .layers import TableCache
+
 __all__ = ["GraphedFeatures", "cuda_graphs"]
 
 _Key = tuple
@@ -60,7 +62,7 @@ class GraphedFeatures:
                 self.graphs.popitem(last=False)
         else:
             self.graphs.move_to_end(key)
-        graph, static_images, static_labels, output = entry
+        graph, static_images, static_labels, output, _ = entry
         static_images.copy_(images)
         for stride, labels in (select_labels or {}).items():
             static_labels[stride].copy_(labels)
@@ -86,7 +88,9 @@ class GraphedFeatures:
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), _uncached_autocast(), torch.cuda.graph(graph, pool=self.pool):
             output = self.forward(static_images, labels)
-        return graph, static_images, static_labels, output
+        # The graph reads the shape tables (grids, index tables) at the addresses it captured: hold
+        # them for as long as the graph lives, whatever the caches evict later.
+        return graph, static_images, static_labels, output, TableCache.snapshot()
 
 
 def _uncached_autocast() -> contextlib.AbstractContextManager:

@@ -15,7 +15,7 @@ broadcast over the batch: the (windows * heads) axis is a view of the qkv projec
 from __future__ import annotations
 
 import contextlib
-import functools
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-__all__ = ["WindowGrid", "window_partition", "window_reverse", "relative_position_index",
+__all__ = ["WindowGrid", "TableCache", "window_partition", "window_reverse", "relative_position_index",
            "WindowAttention", "autocast_input", "Mlp", "SwinBlock", "PatchMerging", "PatchEmbed"]
 
 SHIFT_MASK_VALUE = -100.0  # Swin's (and torchvision's) value for pairs across shift regions
@@ -113,24 +113,22 @@ class WindowGrid:
         Returns ``rows`` (batch * N + 1,) long, the row of the flattened (batch * H * W) map holding
         each token, -1 for padding tokens and for the last entry, which stands for a plan's padding
         slots (``token_index == B * N``); ``spread`` (num_slots,) long: distinct rows that padding
-        slots and tokens read instead, so that the backward's index_add sees no hot spot. Each is
-        built once per batch size (``spread`` grows to the largest ``num_slots`` asked for and is sliced).
+        slots and tokens read instead, so that the backward's index_add sees no hot spot. Both are
+        built once per batch size (``spread`` once per power of two of ``num_slots``, then sliced)
+        and never replaced: a captured CUDA graph may hold their addresses.
         """
         pixels = self.height * self.width
         device = self.token_pixel.device
 
-        def build() -> Tensor:
-            rows = (torch.arange(batch, device=device)[:, None] * pixels + self.token_pixel)
-            rows = rows.masked_fill(self.token_is_padding, -1).flatten()
-            return torch.cat([rows, rows.new_full((1,), -1)])
+        def rows() -> Tensor:
+            table = (torch.arange(batch, device=device)[:, None] * pixels + self.token_pixel)
+            table = table.masked_fill(self.token_is_padding, -1).flatten()
+            return torch.cat([table, table.new_full((1,), -1)])
 
-        rows = self._derive(("rows", batch), build)
-        spread = self._derived.get(("spread", batch))
-        if spread is None or spread.shape[0] < num_slots:  # num_slots varies with an exact capacity
-            with _kept_tables():
-                spread = torch.arange(num_slots, device=device) % max(batch * pixels, 1)
-                self._derived[("spread", batch)] = spread
-        return rows, spread[:num_slots]
+        length = 1 << max(num_slots - 1, 0).bit_length()  # num_slots varies with an exact capacity
+        spread = self._derive(("spread", batch, length),
+                              lambda: torch.arange(length, device=device) % max(batch * pixels, 1))
+        return self._derive(("rows", batch), rows), spread[:num_slots]
 
     def to_windows(self, x: Tensor, pad_value: float = 0.0) -> Tensor:
         """(B, H, W, C) -> (B, windows, M*M, C): pad, roll by -shift, partition."""
@@ -163,10 +161,42 @@ class WindowGrid:
         return self._derived[key]
 
 
-@functools.lru_cache(maxsize=32)  # 8 grids per input size: a few sizes' worth, a few MB each at detection sizes
+class TableCache:
+    """Tables built per shape (grids and what they derive), the least recently used dropped beyond
+    ``size``. :func:`spa_model.inference.cuda_graphs` holds a snapshot of every cache while its
+    graphs live: a graph reads the tables at the addresses it was captured with."""
+
+    instances: list["TableCache"] = []
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict = OrderedDict()
+        TableCache.instances.append(self)
+
+    def get(self, key, build: Callable[[], object]):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        with _kept_tables():
+            value = self.items[key] = build()
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    @classmethod
+    def snapshot(cls) -> tuple:
+        return tuple(value for cache in cls.instances for value in cache.items.values())
+
+
+GRIDS = TableCache(32)  # 8 grids per input size: a few sizes' worth, a few MB each at detection sizes
+
+
 def _cached_grid(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowGrid:
-    with _kept_tables():
-        return WindowGrid.build(height, width, window=window, shift=shift, device=device)
+    return GRIDS.get((height, width, window, shift, device),
+                     lambda: WindowGrid.build(height, width, window=window, shift=shift, device=device))
 
 
 def _kept_tables() -> contextlib.AbstractContextManager:

@@ -29,7 +29,6 @@ The decisions and their reasons: docs/design.md, "STViT-R".
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .layers import Mlp, SwinBlock, WindowGrid, autocast_input, window_partition, window_reverse
+from .layers import Mlp, SwinBlock, TableCache, WindowGrid, autocast_input, window_partition, window_reverse
 from .models import SWIN_B, SWIN_S, SWIN_T, SwinConfig, SwinTransformer, _init_weights, register_model
 
 __all__ = ["StvitConfig", "STVIT_FORMS", "SemanticGrid", "ConvStem", "SemanticStage", "StvitR",
@@ -158,10 +157,12 @@ class SemanticGrid:
         return window_reverse(tokens, self.tokens, self.shape)
 
 
-@functools.lru_cache(maxsize=16)
+_SEMANTIC_GRIDS = TableCache(16)
+
+
 def _cached_semantic_grid(height: int, width: int, window: int, cfg: StvitConfig, device: torch.device) -> SemanticGrid:
-    with torch.inference_mode(False):  # tables reused by a later training step must not be inference tensors
-        return SemanticGrid.build(height, width, window=window, cfg=cfg, device=device)
+    return _SEMANTIC_GRIDS.get((height, width, window, cfg, device),
+                               lambda: SemanticGrid.build(height, width, window=window, cfg=cfg, device=device))
 
 
 def _window_keys(count: tuple[int, int], *, size: int, stride: int, extent: tuple[int, int], row_length: int,

@@ -3,7 +3,7 @@
 One program per (container, group of heads). It reads its q, k and v rows straight out of the packed qkv
 projection ((containers * L, 3C), no permuted copies), builds the attention rule on the fly from
 the plan's token_index (image = token // N), an (N, 3) int32 table of (region, row, col) per
-token position and the ((2M-1)^2, heads) bias table as the model holds it, and writes its head's slice of the
+token position and the bias table, transposed to (heads, (2M-1)^2), and writes its head's slice of the
 (containers * L, C) output plus the row log-sum-exp for backward.
 Nothing of size (containers, heads, L, L) ever reaches memory, which is what the SDPA path pays for.
 
@@ -54,18 +54,18 @@ def _pair_rule(index_ptr, info_ptr, slot, valid, offs_l, num_tokens, total_token
 
 
 @triton.jit
-def _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale,
+def _head_scores(q, k, table_ptr, head, table_size, allowed, index, scale,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
     """One head's masked scores (BLOCK_L, BLOCK_L) in float32."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
     if HAS_BIAS:
-        bias = tl.load(table_ptr + index * num_heads + head, mask=allowed, other=0.0)
+        bias = tl.load(table_ptr + head * table_size + index, mask=allowed, other=0.0)
         scores += bias.to(tl.float32)
     return tl.where(allowed, scores, float("-inf"))
 
 
 @triton.jit
-def _forward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
+def _forward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr, table_size,
                     length, channels, num_heads, head_dim, num_tokens, total_tokens, scale,
                     WINDOW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     HEADS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -83,7 +83,7 @@ def _forward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
         q = tl.load(rows, mask=tile, other=0.0)
         k = tl.load(rows + channels, mask=tile, other=0.0)
         v = tl.load(rows + 2 * channels, mask=tile, other=0.0)
-        scores = _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale, HAS_BIAS, PRECISION)
+        scores = _head_scores(q, k, table_ptr, head, table_size, allowed, index, scale, HAS_BIAS, PRECISION)
         row_max = tl.max(scores, axis=1)
         probs = tl.exp(scores - row_max[:, None])
         row_sum = tl.sum(probs, axis=1)
@@ -119,7 +119,7 @@ def _backward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
         v = tl.load(qkv_ptr + qkv_offsets + 2 * channels, mask=tile, other=0.0)
         out = tl.load(out_ptr + out_offsets, mask=tile, other=0.0).to(tl.float32)
         grad_out = tl.load(grad_out_ptr + out_offsets, mask=tile, other=0.0)
-        scores = _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale, HAS_BIAS, PRECISION)
+        scores = _head_scores(q, k, table_ptr, head, table_size, allowed, index, scale, HAS_BIAS, PRECISION)
         lse = tl.load(lse_ptr + slot * num_heads + head, mask=valid, other=0.0)
         probs = tl.exp(scores - lse[:, None])
         probs = tl.where(valid[:, None], probs, 0.0)  # rows beyond L contribute nothing
@@ -133,8 +133,8 @@ def _backward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
         tl.store(grad_qkv_ptr + qkv_offsets + channels, grad_k.to(dtype), mask=tile)
         tl.store(grad_qkv_ptr + qkv_offsets + 2 * channels, grad_v.to(dtype), mask=tile)
         if HAS_BIAS:
-            partial = grad_table_ptr + (container % GROUPS) * table_size * num_heads + head
-            tl.atomic_add(partial + index * num_heads, grad_scores, mask=pair, sem="relaxed")
+            partial = grad_table_ptr + ((container % GROUPS) * num_heads + head) * table_size
+            tl.atomic_add(partial + index, grad_scores, mask=pair, sem="relaxed")
 
 
 # Launch shape per pass: warps per program and heads per program (the largest divisor of the head
@@ -156,7 +156,7 @@ def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, positi
                   num_heads: int, num_tokens: int, total_tokens: int, window: int, scale: float
                   ) -> tuple[Tensor, Tensor]:
     """(out, lse): attention output (slots, C) and the row log-sum-exp (slots, heads) for backward.
-    table: the ((2M-1)^2, heads) bias table, or None."""
+    table: the bias table as (heads, (2M-1)^2), contiguous, or None."""
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     out = torch.empty(num_slots, channels, dtype=qkv.dtype, device=qkv.device)
@@ -164,8 +164,9 @@ def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, positi
     if num_slots:
         config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
         _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-            qkv, token_index, positions, positions if table is None else table.contiguous(), out, lse,
-            length, channels, num_heads, channels // num_heads, num_tokens, total_tokens, scale,
+            qkv, token_index, positions, positions if table is None else table, out, lse,
+            1 if table is None else table.shape[1], length, channels, num_heads, channels // num_heads,
+            num_tokens, total_tokens, scale,
             WINDOW=window, HAS_BIAS=table is not None, **config)
     return out, lse
 
@@ -174,17 +175,17 @@ def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_in
                    positions: Tensor, out: Tensor, lse: Tensor, length: int, num_heads: int, num_tokens: int,
                    total_tokens: int, window: int, scale: float) -> tuple[Tensor, Tensor]:
     """(grad_qkv, grad_table_groups): the bias gradient in float32 as ``_DTABLE_GROUPS`` partial
-    (table, heads) sums, left for the caller to add up; empty (0, 1, heads) without a table."""
+    (heads, table) sums, left for the caller to add up; empty (0, heads, 1) without a table."""
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     grad_qkv = torch.empty_like(qkv)
-    table_size = table.shape[0] if table is not None else 1
-    grad_table = torch.zeros(_DTABLE_GROUPS if table is not None else 0, table_size, num_heads,
+    table_size = table.shape[1] if table is not None else 1
+    grad_table = torch.zeros(_DTABLE_GROUPS if table is not None else 0, num_heads, table_size,
                              dtype=torch.float32, device=qkv.device)
     if num_slots:
         config = _launch("backward", length, num_heads, channels // num_heads, qkv.dtype)
         _backward_kernel[(num_slots // length, num_heads // config["HEADS"])](
-            qkv, token_index, positions, positions if table is None else table.contiguous(), out, lse,
+            qkv, token_index, positions, positions if table is None else table, out, lse,
             grad_out.contiguous(), grad_qkv, positions if table is None else grad_table, table_size,
             length, channels, num_heads, channels // num_heads, num_tokens, total_tokens, scale,
             WINDOW=window, HAS_BIAS=table is not None, GROUPS=_DTABLE_GROUPS, **config)
@@ -195,7 +196,10 @@ def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_in
 # tracing into the Triton launch, no graph break), paired for autograd. Eager mode calls them through
 # an autograd.Function instead, whose dispatch costs a fraction of a custom op's, and calls the
 # forward directly when no gradient is wanted. The ops hold the kernels and their outputs only: the
-# sum of the bias gradient's partial copies runs outside, where Inductor fuses it. Letting Inductor
+# table's transpose and the sum of the bias gradient's partial copies run outside, where Inductor
+# fuses them. (The transposed table keeps one head's entries together: a warp's bias gathers and
+# gradient atomics touch few lines; reading the model's (table, heads) layout in place was slower
+# in training, benchmarks/README.md.) Letting Inductor
 # launch the kernels (torch.library.triton_op) was measured and rejected: benchmarks/README.md.
 _forward = torch.library.custom_op("spa::packed_attention_forward", mutates_args=())(_forward_impl)
 _backward = torch.library.custom_op("spa::packed_attention_backward", mutates_args=())(_backward_impl)
@@ -210,8 +214,8 @@ def _(qkv, table, token_index, positions, length, num_heads, num_tokens, total_t
 @_backward.register_fake
 def _(grad_out, qkv, table, token_index, positions, out, lse, length, num_heads, num_tokens,
       total_tokens, window, scale):
-    groups, table_size = (_DTABLE_GROUPS, table.shape[0]) if table is not None else (0, 1)
-    return torch.empty_like(qkv), qkv.new_empty(groups, table_size, num_heads, dtype=torch.float32)
+    groups, table_size = (_DTABLE_GROUPS, table.shape[1]) if table is not None else (0, 1)
+    return torch.empty_like(qkv), qkv.new_empty(groups, num_heads, table_size, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -255,10 +259,10 @@ def triton_packed_attention(qkv: Tensor, plan: PackPlan, *, positions: Tensor, n
     qkv: (containers * L, 3C) in slot order -> (containers * L, C). positions: (N, 3) int32 (region,
     row, col), see :func:`spa_model.packed_attention.token_positions`.
     """
-    args = (qkv, rel_pos_table, plan.token_index, positions, plan.container_len, num_heads,
+    table = rel_pos_table.t().contiguous() if rel_pos_table is not None else None
+    args = (qkv, table, plan.token_index, positions, plan.container_len, num_heads,
             max(positions.shape[0], 1), int(plan.token_slot.shape[0]), window, scale)  # B * N: a shape, no sync
     if torch.compiler.is_compiling():
         return _forward(*args)[0]
-    needs_grad = torch.is_grad_enabled() and (qkv.requires_grad or (rel_pos_table is not None
-                                                                   and rel_pos_table.requires_grad))
+    needs_grad = torch.is_grad_enabled() and (qkv.requires_grad or (table is not None and table.requires_grad))
     return (_PackedAttention.apply if needs_grad else _forward_impl)(*args)[0]

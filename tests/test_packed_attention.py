@@ -410,7 +410,7 @@ if __name__ == "__main__":  # the interpreted check runs here, in a fresh proces
     # The ops' fake kernels and autograd registration agree with the real ones (shapes, strides).
     plan = plan_packing(keep, container_len=9, capacity=4)
     positions = torch.cat([region[:, None], coords], 1).to(torch.int32)
-    table = kwargs["rel_pos_table"].detach().clone().requires_grad_()
+    table = kwargs["rel_pos_table"].detach().t().contiguous().requires_grad_()
     qkv = torch.randn(plan.token_index.shape[0], 48, requires_grad=True)
     static = (9, 2, 36, 72, 3, 8 ** -0.5)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")

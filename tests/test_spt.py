@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import spa_model
-from spa_model.layers import WindowGrid, _cached_grid
+from spa_model.layers import GRIDS, WindowGrid
 from spa_model.selection import gumbel_sigmoid
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
@@ -297,7 +297,7 @@ def test_a_cached_grid_serves_selections_of_any_size():
     dense = {s: torch.ones(2, h, w) for s, (h, w) in grid_shapes.items()}
     with torch.no_grad():
         first_sparse, grown, second_sparse = spt(images, sparse), spt(images, dense), spt(images, sparse)
-        _cached_grid.cache_clear()
+        GRIDS.clear()
         fresh = spt(images, dense)
     torch.testing.assert_close(second_sparse, first_sparse, rtol=0, atol=0)
     torch.testing.assert_close(grown, fresh, rtol=0, atol=0)
