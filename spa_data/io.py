@@ -210,3 +210,18 @@ def directory_lock(path: Path, what: str) -> Iterator[None]:
     finally:
         remove_quietly(path)
         os.close(fd)
+
+
+def lock_holder(path: Path) -> Optional[str]:
+    """The pid written in lock file ``path`` while some process holds it, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None

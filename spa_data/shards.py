@@ -26,7 +26,7 @@ import numpy as np
 from spa_data.errors import SpaError
 from spa_data.geometry import Geometry
 from spa_data.images import UnreadableImage, jpeg_problem, read_image
-from spa_data.io import atomic_write, check_apart, directory_lock, foreign_entries, remove_quietly
+from spa_data.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
 from spa_data.labels import selection_labels
 from spa_data.workers import process_pool
 
@@ -433,6 +433,10 @@ def resolve_shard_dir(path: Path) -> Path:
         return path
     if (path / "shards" / INDEX).is_file():
         return path / "shards"
+    for candidate in (path, path / "shards"):
+        holder = lock_holder(candidate / LOCK)
+        if holder is not None:
+            raise SpaError(f"{candidate}: `spa-data labels` (pid {holder}) is still writing these shards")
     if path.is_dir() and (any(path.glob("shard-*.h5")) or any((path / "shards").glob("shard-*.h5"))):
         raise SpaError(f"{path}: no {INDEX} (an interrupted `spa-data labels` run? rerun it to finish)")
     raise SpaError(f"{path}: no shards here (expected {INDEX}; run `spa-data labels` first)")

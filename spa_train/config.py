@@ -30,6 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from spa_data.errors import SpaError
+from spa_data.io import atomic_write
 
 TASKS = ("cls", "multilabel", "det")
 SELECTORS = ("spa", "topk", "gt", "all")
@@ -186,11 +187,9 @@ def read_config_file(path: str | Path) -> dict:
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config.yaml`` atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     data = config.to_dict()
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False) if yaml else json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    text = yaml.safe_dump(data, sort_keys=False) if yaml else json.dumps(data, indent=2) + "\n"
+    atomic_write(Path(path), text.encode())
 
 
 def parse_override(item: str) -> tuple[str, Any]:

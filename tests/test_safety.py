@@ -252,6 +252,23 @@ def test_4_an_undecodable_image_met_in_training_names_image_and_shard(capsys, co
     assert "\n" not in message and str(shard) in message and "image 37777" in message, message
 
 
+@pytest.mark.gpu
+def test_4_an_undecodable_image_on_the_gpu_path_names_image_and_shard(capsys, coco_root, tmp_path):
+    subset = tmp_path / "subset"
+    assert spa_data(capsys, "build", "coco", "--root", coco_root, "--split", "val", "--out", subset)[0] == 0
+    assert spa_data(capsys, "labels", subset, "--shard-size", 1)[0] == 0
+    shard = subset / "shards" / "shard-00000.h5"
+    with h5py.File(shard, "r+") as f:        # not a JPEG any more: nvJPEG cannot parse it
+        data = f["image/data"]
+        data[:] = np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8)
+    loader = make_loader(ShardDataset(subset), batch_size=2, num_workers=2, device="cuda")
+    with pytest.raises(SpaError) as caught:
+        next(iter(loader))
+    loader.close()
+    message = str(caught.value)
+    assert "\n" not in message and str(shard) in message and "image 37777" in message, message
+
+
 # ------------------------------------------------------------------------------------------- 5, 6, 13
 
 
@@ -305,6 +322,32 @@ def test_5_6_13_sigterm_to_the_group_saves_and_resume_is_exact_with_workers(caps
     assert (run / "metrics.jsonl").read_bytes() == metrics and (run / "last.pt").read_bytes() == last
 
 
+@pytest.mark.gpu
+def test_5_sigterm_to_the_group_on_cuda_saves_and_exits(in_s, tmp_path):
+    """The CUDA path (pinned memory, a side stream, workers returning JPEG bytes) stops as cleanly."""
+    run = tmp_path / "run"
+    args = [a if a != "device=cpu" else "device=cuda" for a in _train_args(in_s, run, "log_interval=1", "max_steps=200",
+                                                                            "epochs=30")]
+    proc = subprocess.Popen(command("train", *args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    wait_for(lambda: (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text(), 120, "a first step")
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "interrupted: saved" in out + err and "Traceback" not in err, err
+    wait_for(lambda: _group_gone(proc.pid), 10, "the workers to exit")
+    assert load_checkpoint(run / "last.pt")["position"]["step"] >= 1
+
+
+def test_5_a_program_that_leaves_a_loader_open_still_exits(in_s):
+    """Workers ignore SIGTERM, which multiprocessing would send them at exit and then wait on."""
+    script = ("import sys; from spa_data.loader import ShardDataset, make_loader\n"
+              "loader = make_loader(ShardDataset(sys.argv[1], train=True), batch_size=4, num_workers=2)\n"
+              "batches = iter(loader); next(batches); print('one batch', flush=True)")
+    result = subprocess.run([sys.executable, "-c", script, str(in_s["val"])], env=env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "one batch\n", result.stderr
+
+
 def _group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -339,6 +382,8 @@ def test_7_one_labels_run_per_shard_directory(capsys, coco_root, tmp_path):
         code, _, err = spa_data(capsys, "labels", subset)
         one_line_error(code, err, str(subset / "shards"), "another `spa-data labels`", f"pid {os.getpid()}")
         assert sorted(p.name for p in (subset / "shards").iterdir()) == [LOCK]
+        with pytest.raises(SpaError, match=f"pid {os.getpid()}\\) is still writing these shards"):
+            ShardDataset(subset)
     # two runs with different options at once: one writes, the other is refused or comes after it
     runs = [subprocess.Popen(command("data", "labels", subset, "--shard-size", size), env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for size in (1, 2)]
