@@ -19,8 +19,10 @@ of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * m
 from __future__ import annotations
 
 import atexit
+import hashlib
 import math
 import signal
+import struct
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +138,12 @@ class ShardDataset(Dataset):
         raw["where"] = f"{reader.path}: sample {i - int(self._starts[k])} (image {raw['image_id']!r})"
         return raw
 
-    def draws(self, epoch: int, i: int) -> np.random.Generator:
-        """The random draws of sample ``i`` in ``epoch``: a function of (seed, epoch, i) alone, so
-        the sample is augmented alike by whichever worker, process or resumed run reads it."""
-        return np.random.default_rng([self.seed % 2**63, epoch, i])
+    def draw(self, epoch: int, i: int, k: int = 0) -> float:
+        """Uniform draw ``k`` in [0, 1) for sample ``i`` in ``epoch``: a hash of (seed, epoch, i, k)
+        alone, so the sample is augmented alike by whichever worker, process or resumed run reads
+        it. A hash rather than a generator seeded per sample: this runs for every sample."""
+        key = struct.pack("<4Q", *(v % 2**64 for v in (self.seed, epoch, i, k)))
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample ``key``: an index (drawn as in epoch 0), or ``(epoch, index)``."""
@@ -158,7 +162,7 @@ class ShardDataset(Dataset):
         epoch, i = (0, key) if isinstance(key, (int, np.integer)) else key
         raw = self.raw(int(i))
         (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
-        flip = self.hflip > 0 and self.draws(int(epoch), int(i)).random() < self.hflip
+        flip = self.hflip > 0 and self.draw(int(epoch), int(i)) < self.hflip
         fw = min(cw, math.ceil(rw / max(self.strides)) * max(self.strides)) if flip else 0
         select = {}
         for s, q in raw["select"].items():
@@ -387,7 +391,7 @@ class _Reported(Dataset):
 
 class EpochKeys(Sampler):
     """Yields ``(epoch, index)`` for each index of ``sampler``, so a sample's random draws
-    (``ShardDataset.draws``) depend on (seed, epoch, index) only: exact under any number of
+    (``ShardDataset.draw``) depend on (seed, epoch, index) only: exact under any number of
     workers and on resume. The epoch is ``sampler.epoch`` (DistributedSampler's ``set_epoch``),
     else the number of passes started."""
 

@@ -213,7 +213,7 @@ def test_3_relabelling_rewrites_a_damaged_shard_instead_of_rehashing_it(capsys, 
     verify_shards(subset, sample=2)
 
 
-def test_4_unreadable_images_are_found_at_label_time_and_can_be_skipped(capsys, coco_root, tmp_path):
+def test_4_unreadable_images_are_found_at_label_time_and_can_be_skipped(capsys, fixtures_dir, coco_root, tmp_path):
     image = coco_root / HALF_JPEG
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])   # a JPEG cut in half
     subset = tmp_path / "subset"
@@ -228,12 +228,15 @@ def test_4_unreadable_images_are_found_at_label_time_and_can_be_skipped(capsys, 
     assert ShardDataset(subset).image_ids == [397133]
     assert verify_shards(subset)["samples"] == 1
 
+    shutil.copy(fixtures_dir / "coco" / "val-2img" / HALF_JPEG, image)
     other = coco_root / "val2017/000000397133.jpg"
     other.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())   # noise
     shutil.rmtree(subset)
     assert spa_data(capsys, "build", "coco", "--root", coco_root, "--split", "val", "--out", subset)[0] == 0
+    code, _, err = spa_data(capsys, "labels", subset)
+    one_line_error(code, err, str(other), "image 397133", "not an image")
     code, _, err = spa_data(capsys, "labels", subset, "--on-bad-image", "skip")
-    assert code == 0 and ShardDataset(subset).image_ids == [] and "BytesIO" not in err
+    assert code == 0 and ShardDataset(subset).image_ids == [37777] and "BytesIO" not in err
 
 
 def test_4_an_undecodable_image_met_in_training_names_image_and_shard(capsys, coco_root, tmp_path):
