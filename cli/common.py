@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import traceback
 
@@ -10,22 +11,34 @@ import click
 from spa_data.errors import SpaError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: every ``finally`` runs, so nothing half-written stays behind."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def report_errors(group: click.Group):
     """Run a click group so that bad input ends in one line and exit code 1.
 
     Usage errors keep click's own handling (exit 2). ``SpaError`` and ``OSError``
-    (a full disk, an unreadable file) print ``error: <message>``; with ``--debug``
-    (or SPA_DEBUG=1) the traceback is printed too.
+    (an unreadable file) print ``error: <message>``; with ``--debug`` (or SPA_DEBUG=1)
+    the traceback is printed too. SIGINT and SIGTERM stop the command cleanly with one
+    line and exit 130 / 143 (``spa-train`` saves a checkpoint first, see spa_train.engine).
     """
 
     @functools.wraps(group.main)
     def main(argv=None):
         debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return group.main(args=argv, standalone_mode=False)
-        except click.exceptions.Abort:
-            click.echo("aborted", err=True)
-            sys.exit(130)
+        except click.exceptions.Abort as e:
+            name, code = ("SIGTERM", 143) if isinstance(e.__cause__, Terminated) else ("SIGINT", 130)
+            click.echo(f"error: interrupted ({name}); nothing half-written is left: rerun to start again "
+                       "or to resume", err=True)
+            sys.exit(code)
         except click.ClickException as e:
             e.show()
             sys.exit(e.exit_code)
@@ -37,6 +50,8 @@ def report_errors(group: click.Group):
             msg = str(e) if isinstance(e, SpaError) else f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}".lstrip(": ")
             click.echo(f"error: {msg}", err=True)
             sys.exit(1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return main
 
@@ -44,6 +59,15 @@ def report_errors(group: click.Group):
 def _env_debug() -> bool:
     import os
     return os.environ.get("SPA_DEBUG", "") not in ("", "0")
+
+
+def at_least(minimum: int):
+    """A click callback: an integer option below ``minimum`` is a one-line error naming it."""
+    def check(ctx, param, value: int) -> int:
+        if value < minimum:
+            raise SpaError(f"--{param.name.replace('_', '-')} {value}: must be at least {minimum}")
+        return value
+    return check
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on error.")

@@ -14,9 +14,8 @@ from typing import Optional
 
 import click
 
-from cli.common import debug_option, report_errors
+from cli.common import at_least, debug_option, report_errors
 from cli.data_labels import COMMANDS as LABEL_COMMANDS
-from spa_data.errors import SpaError
 from spa_data.recipes import RATIO_FROM, Recipe, check_ratio_bounds, load_recipe, recipe_names
 from spa_data.subsets import BuildOptions, Part, RebuildError, build_subset, merge_parts, rebuild_from_manifest
 
@@ -25,12 +24,6 @@ from spa_data.subsets import BuildOptions, Part, RebuildError, build_subset, mer
 @debug_option
 def group(debug: bool) -> None:
     """Sparse-subset data tools for SPA / SPT."""
-
-
-def _workers(ctx, param, value: int) -> int:
-    if value < 1:
-        raise SpaError(f"--workers {value}: must be at least 1")
-    return value
 
 
 @group.command()
@@ -47,7 +40,7 @@ def _workers(ctx, param, value: int) -> int:
 @click.option("--no-checksums", is_flag=True, help="Skip sha256 of image files (existence is still checked).")
 @click.option("--missing-images", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Listed images not on disk: stop with an error, or leave them out (counted in summary.json).")
-@click.option("--workers", default=1, show_default=True, callback=_workers, help="Worker processes.")
+@click.option("--workers", default=1, show_default=True, callback=at_least(1), help="Worker processes.")
 @click.option("--num-parts", type=int, help="Split the build into K deterministic parts ...")
 @click.option("--part", type=int, help="... and build part I (0-based); join them with `spa-data merge`.")
 @click.option("--from-manifest", type=click.Path(path_type=Path),

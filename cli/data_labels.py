@@ -13,9 +13,10 @@ from typing import Optional
 
 import click
 
-from cli.common import debug_option
+from cli.common import at_least, debug_option
 from spa_data.errors import SpaError
 from spa_data.geometry import parse_scales, parse_size
+from spa_data.io import atomic_write
 
 
 def _threshold(ctx, param, value: float) -> float:
@@ -29,33 +30,43 @@ def _threshold(ctx, param, value: float) -> float:
 @click.option("--scales", default="8,16,32", show_default=True,
               help="Strides of the selection labels: powers of two from 4 to 64.")
 @click.option("--size", help="Override the recipe's geometry size: W,H (pad/square) or LONG,SHORT (fit).")
-@click.option("--shard-size", default=1000, show_default=True, help="Samples per shard.")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (one writer per shard).")
+@click.option("--shard-size", default=1000, show_default=True, callback=at_least(1), help="Samples per shard.")
+@click.option("--workers", default=1, show_default=True, callback=at_least(1),
+              help="Worker processes (one writer per shard).")
 @click.option("--out", type=click.Path(path_type=Path), help="Shard directory [default: SUBSET_DIR/shards].")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Dataset root, when it is no longer where the subset's summary.json says.")
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="An image that does not decode: stop with an error, or leave it out (listed in index.json).")
 @debug_option
 def labels(subset_dir: Path, scales: str, size: Optional[str], shard_size: int, workers: int,
-           out: Optional[Path], debug: bool) -> None:
+           out: Optional[Path], root: Optional[Path], on_bad_image: str, debug: bool) -> None:
     """Write HDF5 shards (images, targets, selection labels) of a `spa-data build` output."""
     from spa_data.shards import write_shards
 
-    if workers < 1:
-        raise SpaError(f"--workers {workers}: must be at least 1")
     index = write_shards(subset_dir, out, strides=parse_scales(scales), size=parse_size(size) if size else None,
-                         shard_size=shard_size, workers=workers)
+                         shard_size=shard_size, workers=workers, root=root, on_bad_image=on_bad_image)
+    skipped = index["skipped_images"]
+    for entry in skipped:
+        click.echo(f"skipped: {entry['reason']}", err=True)
     click.echo(f"{out or subset_dir / 'shards'}: {index['num_samples']} samples in {len(index['shards'])} shards "
                f"(strides {','.join(map(str, index['strides']))}, {index['geometry']['mode']} "
-               f"{'x'.join(map(str, index['geometry']['size']))})")
+               f"{'x'.join(map(str, index['geometry']['size']))})"
+               + (f"; {len(skipped)} unreadable images left out" if skipped else ""))
 
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--sample", default=16, show_default=True, help="Samples whose labels are re-derived from annotations.")
+@click.option("--sample", default=16, show_default=True, callback=at_least(0),
+              help="Samples whose labels are re-derived from annotations.")
+@click.option("--subset", type=click.Path(path_type=Path),
+              help="The subset directory, when it is no longer where index.json says.")
 @debug_option
-def verify(path: Path, sample: int, debug: bool) -> None:
+def verify(path: Path, sample: int, subset: Optional[Path], debug: bool) -> None:
     """Check shard checksums, schema and counts; re-derive a sample of labels."""
     from spa_data.shards import verify_shards
 
-    report = verify_shards(path, sample=sample)
+    report = verify_shards(path, sample=sample, subset=subset)
     click.echo(f"{path}: ok ({report['shards']} shards, {report['samples']} samples, "
                f"{report['rederived']} re-derived)")
 
@@ -92,7 +103,7 @@ def stats(path: Path, threshold: float, json_out: Optional[Path], debug: bool) -
     for s in report["positive_ratio_canvas"]:
         click.echo(f"{s:>6}  {report['positive_ratio_canvas'][s]:>15.4f}  {report['positive_ratio_content'][s]:>16.4f}")
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write(json_out, (json.dumps(report, indent=1) + "\n").encode())
 
 
 COMMANDS: list = [labels, verify, show, stats]

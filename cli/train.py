@@ -17,7 +17,7 @@ from typing import Optional
 
 import click
 
-from cli.common import debug_option, report_errors
+from cli.common import at_least, debug_option, report_errors
 from spa_train.config import SELECTORS, TASKS
 
 
@@ -68,8 +68,9 @@ def train(shards: Optional[str], val_shards: Optional[str], task: Optional[str],
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="A spa-train checkpoint (.pt).")
 @click.option("--shards", required=True, help="Shards to evaluate on (same task and classes).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", default=16, show_default=True, help="Images per batch (per process).")
-@click.option("--num-workers", default=2, show_default=True, help="DataLoader workers.")
+@click.option("--batch-size", default=16, show_default=True, callback=at_least(1),
+              help="Images per batch (per process).")
+@click.option("--num-workers", default=2, show_default=True, callback=at_least(0), help="DataLoader workers.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics to this JSON file.")
 @debug_option
 def evaluate(checkpoint: Path, shards: str, device: str, batch_size: int, num_workers: int,
@@ -122,9 +123,9 @@ def _print_table(values: dict) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    from spa_data.io import atomic_write
+
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 main = report_errors(group)

@@ -8,20 +8,22 @@ colour, so the demo tasks are learnable); about a third of the images are dense
 dataset's own conventions (COCO float xywh + polygons with several parts + crowd
 uncompressed RLE; BDD inclusive box2d + poly2d; VOC 1-based inclusive boxes +
 palette PNG masks with a void border; Tiny ImageNet inclusive 0..63 boxes).
-Output is deterministic for a given seed (same bytes twice); every file is
-written to a temporary name and renamed into place.
+Output is deterministic for a given seed (same bytes twice). The tree is written to a
+temporary sibling and renamed into place, with a marker file (``spa-demo-data.json``); an
+existing ``out`` is replaced only when it is such an earlier demo tree, nothing else.
 """
 from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from spa_data.io import foreign_entries, staged_dir
 from spa_data.sources.voc import VOC_CLASSES
 
 # Each demo category: (shape, RGB colour).
@@ -43,15 +45,28 @@ class Shape:
     parts: list[np.ndarray]        # polygon parts, each (K, 2) float x, y
 
 
+MARKER = "spa-demo-data.json"
+ROOTS = {"coco": "coco", "bdd": "bdd100k", "voc": "VOCdevkit/VOC2012", "tiny-imagenet": "tiny-imagenet-200"}
+
+
 def write_demo_data(out: Path, *, seed: int = 0) -> dict[str, Path]:
     """Write the four demo datasets under ``out``; return {source name: dataset root}."""
     out = Path(out)
-    return {
-        "coco": _write_coco(out / "coco", np.random.default_rng([seed, 0])),
-        "bdd": _write_bdd(out / "bdd100k", np.random.default_rng([seed, 1])),
-        "voc": _write_voc(out / "VOCdevkit" / "VOC2012", np.random.default_rng([seed, 2])),
-        "tiny-imagenet": _write_tiny(out / "tiny-imagenet-200", np.random.default_rng([seed, 3])),
-    }
+    writers = {"coco": _write_coco, "bdd": _write_bdd, "voc": _write_voc, "tiny-imagenet": _write_tiny}
+    with staged_dir(out, overwrite=True, owned=demo_owned) as tmp:
+        for k, (name, write) in enumerate(writers.items()):
+            write(tmp / ROOTS[name], np.random.default_rng([seed, k]))
+        _write(tmp / MARKER, _json_bytes({"tool": "spa-data demo-data", "seed": seed}))
+    return {name: out / root for name, root in ROOTS.items()}
+
+
+def demo_owned(out: Path) -> Optional[str]:
+    """None when ``out`` is an earlier demo tree (its marker, and nothing else besides the datasets)."""
+    if not (out / MARKER).is_file():
+        return f"not a `spa-data demo-data` output (no {MARKER})"
+    tops = {MARKER} | {root.split("/")[0] for root in ROOTS.values()}
+    foreign = foreign_entries(out, lambda p: p.name in tops)
+    return f"holds {foreign[0]}, which `spa-data demo-data` did not write" if foreign else None
 
 
 # ---------------------------------------------------------------- scenes
@@ -143,9 +158,7 @@ def _inclusive_box(parts: list[np.ndarray], width: int, height: int) -> tuple[in
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    path.write_bytes(data)
 
 
 def _image_bytes(image: Image.Image, fmt: str) -> bytes:

@@ -22,6 +22,7 @@ from spa_data.errors import SpaError
 
 MODES = ("fit", "square", "pad")
 MIN_STRIDE, MAX_STRIDE = 4, 64
+MAX_SIDE = 16384   # canvas side: 12x the detection recipes'; one canvas of pixels (768 MiB) still fits in memory
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class Geometry:
     def __post_init__(self):
         if self.mode not in MODES:
             raise SpaError(f"geometry mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise SpaError(f"geometry size {list(self.size)}: need two positive integers")
+        if len(self.size) != 2 or not all(1 <= side <= MAX_SIDE for side in self.size):
+            raise SpaError(f"geometry size {list(self.size)}: need two integers from 1 to {MAX_SIDE}")
         check_strides(self.strides)
         if self.mode != "fit":
             bad = [s for s in self.strides if self.size[0] % s or self.size[1] % s]

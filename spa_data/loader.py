@@ -18,7 +18,12 @@ of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * m
 """
 from __future__ import annotations
 
+import atexit
+import hashlib
 import math
+import signal
+import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -26,12 +31,13 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from spa_data.errors import SpaError
 from spa_data.geometry import Geometry
 from spa_data.labels import threshold_code
-from spa_data.shards import ShardReader, load_index
+from spa_data.images import decoder_message
+from spa_data.shards import ShardReader, load_index, open_listed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,8 +89,9 @@ class ShardDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, *, select_threshold: float = 0.0, train: bool = False,
-                 hflip: float = 0.5, masks: bool = True):
+                 hflip: float = 0.5, masks: bool = True, seed: int = 0):
         self.path, self.index = load_index(Path(path))
+        self.seed = seed
         self.select_threshold = select_threshold
         self._code = threshold_code(select_threshold)
         self.train = train
@@ -118,32 +125,44 @@ class ShardDataset(Dataset):
     def _reader(self, k: int) -> ShardReader:
         reader = self._readers.get(k)
         if reader is None:
-            reader = self._readers[k] = ShardReader(self.path / self.index["shards"][k]["file"])
-            if reader.num_samples != self.index["shards"][k]["num_samples"]:
-                raise SpaError(f"{reader.path}: holds {reader.num_samples} samples, {self.path / 'index.json'} says "
-                               f"{self.index['shards'][k]['num_samples']}")
+            reader = self._readers[k] = open_listed(self.path, self.index, k)
         return reader
 
     def raw(self, i: int) -> dict:
-        """Stored fields of sample ``i`` (image still encoded)."""
+        """Stored fields of sample ``i`` (image still encoded), and ``where`` it is (for messages)."""
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range 0..{len(self) - 1}")
         k = int(np.searchsorted(self._starts, i, side="right") - 1)
-        return self._reader(k).read(i - int(self._starts[k]), objects=self.task == "det")
+        reader = self._reader(k)
+        raw = reader.read(i - int(self._starts[k]), objects=self.task == "det")
+        raw["where"] = f"{reader.path}: sample {i - int(self._starts[k])} (image {raw['image_id']!r})"
+        return raw
 
-    def __getitem__(self, i: int) -> dict:
-        sample = self.encoded(i)
-        sample["image"] = render_image(sample.pop("encoded"), sample.pop("image_format"), sample["orig_hw"],
-                                       sample["resized_hw"], sample["canvas_hw"], sample["flip_width"])
-        for key in ("orig_hw", "resized_hw", "flip_width"):
-            sample.pop(key)
+    def draw(self, epoch: int, i: int, k: int = 0) -> float:
+        """Uniform draw ``k`` in [0, 1) for sample ``i`` in ``epoch``: a hash of (seed, epoch, i, k)
+        alone, so the sample is augmented alike by whichever worker, process or resumed run reads
+        it. A hash rather than a generator seeded per sample: this runs for every sample."""
+        key = struct.pack("<4Q", *(v % 2**64 for v in (self.seed, epoch, i, k)))
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample ``key``: an index (drawn as in epoch 0), or ``(epoch, index)``."""
+        sample = self.encoded(key)
+        try:
+            sample["image"] = render_image(sample.pop("encoded"), sample.pop("image_format"), sample["orig_hw"],
+                                           sample["resized_hw"], sample["canvas_hw"], sample["flip_width"])
+        except RuntimeError as e:
+            raise SpaError(f"{sample['where']}: image does not decode ({decoder_message(e)})") from None
+        for name in ("orig_hw", "resized_hw", "flip_width", "where"):
+            sample.pop(name)
         return sample
 
-    def encoded(self, i: int) -> dict:
-        """Like ``ds[i]`` but with the image left as stored (``encoded``), for batched GPU decoding."""
-        raw = self.raw(i)
+    def encoded(self, key: int | tuple[int, int]) -> dict:
+        """Like ``ds[key]`` but with the image left as stored (``encoded``), for batched GPU decoding."""
+        epoch, i = (0, key) if isinstance(key, (int, np.integer)) else key
+        raw = self.raw(int(i))
         (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
-        flip = self.hflip > 0 and torch.rand(()).item() < self.hflip
+        flip = self.hflip > 0 and self.draw(int(epoch), int(i)) < self.hflip
         fw = min(cw, math.ceil(rw / max(self.strides)) * max(self.strides)) if flip else 0
         select = {}
         for s, q in raw["select"].items():
@@ -151,7 +170,7 @@ class ShardDataset(Dataset):
             select[s] = _flip_columns(grid, fw // s) if flip else grid
         out = {"image_id": raw["image_id"], "encoded": torch.from_numpy(np.asarray(raw["image"])),
                "image_format": raw["image_format"], "orig_hw": (h, w), "resized_hw": (rh, rw), "canvas_hw": (ch, cw),
-               "flip_width": fw, "select": select, "image_size": (rh, fw or rw)}
+               "flip_width": fw, "select": select, "image_size": (rh, fw or rw), "where": raw["where"]}
         if self.task == "cls":
             out["label"] = torch.tensor(raw["label"], dtype=torch.int64)
         elif self.task == "multilabel":
@@ -272,6 +291,9 @@ class Collate:
         self.task, self.strides, self.encoded = task, strides, encoded
 
     def __call__(self, samples: list[dict]) -> dict:
+        failed = [s["error"] for s in samples if "error" in s]
+        if failed:   # raised by finish_batch in the main process, as one line
+            return {"error": failed[0]}
         bh, bw = _batch_hw(samples, self.strides)
         out = {
             "select": {st: torch.stack([_pad_to(s["select"][st], bh // st, bw // st) for s in samples])
@@ -281,7 +303,8 @@ class Collate:
             "batch_hw": (bh, bw),
         }
         if self.encoded:
-            out.update({k: [s[k] for s in samples] for k in ("encoded", "orig_hw", "resized_hw", "flip_width")})
+            out.update({k: [s[k] for s in samples]
+                        for k in ("encoded", "orig_hw", "resized_hw", "flip_width", "where")})
             out["image_format"] = samples[0]["image_format"]
             if out["image_format"] == "raw" and len(set(out["orig_hw"])) == 1:
                 out["encoded"] = torch.stack(out["encoded"])   # one pinned host-to-device copy
@@ -315,9 +338,15 @@ def _to_device(x: Any, device: torch.device) -> Any:
 
 def finish_batch(collated: dict, device: torch.device) -> Batch:
     """Move a collated batch to ``device``; decode (GPU path), pad and normalise there."""
+    if "error" in collated:
+        raise SpaError(collated["error"])
     if "encoded" in collated:
-        images = render_images(collated["encoded"], collated["image_format"], collated["orig_hw"],
-                               collated["resized_hw"], collated["batch_hw"], collated["flip_width"], device)
+        args = (collated["image_format"], collated["orig_hw"], collated["resized_hw"], collated["batch_hw"],
+                collated["flip_width"], device)
+        try:
+            images = render_images(collated["encoded"], *args)
+        except RuntimeError as e:
+            raise SpaError(f"{_undecodable(collated, device)}: image does not decode ({decoder_message(e)})") from None
     else:
         images = collated["images"].to(device, non_blocking=True)
     return Batch(images=normalize(images), select=_to_device(collated["select"], device),
@@ -325,17 +354,58 @@ def finish_batch(collated: dict, device: torch.device) -> Batch:
                  image_sizes=collated["image_sizes"])
 
 
-class _EncodedView(Dataset):
-    """``ds.encoded(i)`` as a dataset (what GPU-path workers return)."""
+def _undecodable(collated: dict, device: torch.device) -> str:
+    """Where the first image of a batch that fails to decode alone is (the batch decoder does not say)."""
+    if collated["image_format"] == "jpeg":
+        for encoded, where in zip(collated["encoded"], collated["where"]):
+            try:
+                decode_jpeg_rgb(encoded, device)
+            except RuntimeError:
+                return where
+    return ", ".join(collated["where"])
 
-    def __init__(self, ds: ShardDataset):
-        self.ds = ds
+
+def decode_jpeg_rgb(encoded: torch.Tensor, device: torch.device) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+
+
+class _Reported(Dataset):
+    """What DataLoader workers index: a ``SpaError`` comes back as data (``{"error": line}``) and
+    is raised in the main process, so a damaged shard or image ends in its own one line, not in
+    a worker's traceback. ``encoded``: the GPU path's ``ds.encoded``."""
+
+    def __init__(self, ds: ShardDataset, encoded: bool):
+        self.ds, self.encoded = ds, encoded
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> dict:
-        return self.ds.encoded(i)
+    def __getitem__(self, key) -> dict:
+        try:
+            return self.ds.encoded(key) if self.encoded else self.ds[key]
+        except SpaError as e:
+            return {"error": str(e)}
+
+
+class EpochKeys(Sampler):
+    """Yields ``(epoch, index)`` for each index of ``sampler``, so a sample's random draws
+    (``ShardDataset.draw``) depend on (seed, epoch, index) only: exact under any number of
+    workers and on resume. The epoch is ``sampler.epoch`` (DistributedSampler's ``set_epoch``),
+    else the number of passes started."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.passes = 0
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", self.passes)
+        self.passes += 1
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 @dataclass
@@ -351,7 +421,12 @@ class ShardLoader:
 
     @property
     def sampler(self):
-        return self.loader.sampler
+        sampler = self.loader.sampler
+        return sampler.sampler if isinstance(sampler, EpochKeys) else sampler
+
+    def close(self) -> None:
+        """Shut the worker processes down now."""
+        close_workers(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.device.type != "cuda" or not self.prefetch:
@@ -396,13 +471,56 @@ def _tensors(x: Any) -> Iterator[torch.Tensor]:
 def make_loader(ds: ShardDataset, *, batch_size: int, shuffle: bool = False, sampler=None, num_workers: int = 0,
                 device: str | torch.device = "cpu", drop_last: bool = False, multiprocessing_context=None,
                 prefetch: bool = True, generator: Optional[torch.Generator] = None) -> ShardLoader:
-    """Batches of ``ds`` on ``device`` (the GPU path when ``device`` is CUDA)."""
+    """Batches of ``ds`` on ``device`` (the GPU path when ``device`` is CUDA).
+
+    With random augmentation (``ds.hflip > 0``) the indices travel as ``(epoch, index)`` keys
+    (see ``EpochKeys``). Workers leave SIGINT/SIGTERM to the main process; ``close()`` (or
+    the end of the program) shuts them down.
+    """
     device = torch.device(device)
     gpu = device.type == "cuda"
+    if sampler is None:
+        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    if ds.hflip > 0:
+        sampler = EpochKeys(sampler)
     loader = DataLoader(
-        _EncodedView(ds) if gpu else ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
-        sampler=sampler, num_workers=num_workers, collate_fn=Collate(ds.task, ds.strides, encoded=gpu),
-        pin_memory=gpu, drop_last=drop_last, persistent_workers=num_workers > 0,
+        _Reported(ds, encoded=gpu), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=Collate(ds.task, ds.strides, encoded=gpu), pin_memory=gpu, drop_last=drop_last,
+        persistent_workers=num_workers > 0, worker_init_fn=_leave_signals_to_main if num_workers > 0 else None,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, generator=generator)
+    if num_workers > 0:
+        _close_at_exit(loader)
     return ShardLoader(loader, device, prefetch)
+
+
+def _leave_signals_to_main(worker_id: int) -> None:
+    """A scheduler's SIGTERM (or Ctrl-C) reaches the whole process group: the main process
+    finishes its step, saves and shuts the workers down, so the workers must not die first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_OPEN_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+def _close_at_exit(loader: DataLoader) -> None:
+    """Shut persistent workers down before interpreter exit: ``multiprocessing`` would stop them
+    with SIGTERM, which they ignore, and wait forever. (Registered after torch's own exit hook,
+    so it runs first, while the DataLoader can still shut down.)"""
+    atexit.unregister(_close_open_loaders)   # registered once
+    atexit.register(_close_open_loaders)
+    _OPEN_LOADERS.add(loader)
+
+
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN_LOADERS):
+        close_workers(loader)
+
+
+def close_workers(loader: DataLoader) -> None:
+    """Shut down the persistent worker processes of ``loader`` now (a later pass starts new ones)."""
+    iterator = getattr(loader, "_iterator", None)   # where DataLoader keeps the iterator of its persistent workers
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

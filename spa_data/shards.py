@@ -2,35 +2,45 @@
 
 ``write_shards(subset_dir, ...)`` cuts the manifest into consecutive shards of
 ``shard_size`` samples (a deterministic plan), writes each under a temporary name in the
-output directory, renames it into place, and finally writes ``index.json`` (shard files,
-sample counts, sha256). A rerun keeps every shard whose file carries the same plan digest,
-so a killed run resumes and ends with the same bytes as an uninterrupted one.
+output directory, renames it into place, records its sha256 in a journal, and finally writes
+``index.json`` (shard files, sample counts, sha256). One run at a time holds the directory's
+lock. A rerun keeps a shard only when it carries the same plan digest AND still has the
+sha256 recorded when it was written, so a killed run resumes and ends with the same bytes as
+an uninterrupted one, and a shard damaged since is rewritten, never re-hashed into the index.
 ``ShardReader`` reads one shard; ``load_index`` checks and loads the index.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import h5py
 import numpy as np
-from PIL import Image
 
 from spa_data.errors import SpaError
 from spa_data.geometry import Geometry
+from spa_data.images import UnreadableImage, jpeg_problem, read_image
+from spa_data.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
 from spa_data.labels import selection_labels
+from spa_data.workers import process_pool
 
 SCHEMA = "spa-shards"
 SCHEMA_VERSION = 1
 INDEX = "index.json"
+JOURNAL = ".labels-journal.jsonl"   # {"file", "sha256"} of each shard as it is written; gone once index.json is
+LOCK = ".labels.lock"
 SUBSET_FILES = ("summary.json", "manifest.jsonl", "annotations.jsonl")
+ON_BAD_IMAGE = ("error", "skip")
+INT64 = (-(2**63), 2**63)
 _HASH_CHUNK = 1 << 20
+_OUTPUT_NAME = re.compile(r"shard-\d{5,}\.h5|\.shard-\d{5,}\.h5\.tmp-\d+|index\.json|\.index\.json\.tmp-\d+"
+                          r"|\.labels-journal\.jsonl|\.labels\.lock")
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -42,13 +52,14 @@ class ShardJob:
 
     index: int
     num_shards: int
-    first: int
+    first: int                         # manifest line (0-based) of the shard's first sample
     out_dir: str
     subset_dir: str
     root: str
     manifest: tuple[str, ...]          # raw manifest lines of this shard
     annotations: tuple[str, ...]       # raw annotation lines of this shard
     header: dict = field(hash=False)   # shard-wide attributes (task, geometry, classes, ...)
+    on_bad_image: str = "error"        # error | skip (an image that does not decode)
 
     @property
     def name(self) -> str:
@@ -56,9 +67,15 @@ class ShardJob:
 
     @property
     def plan(self) -> str:
-        """Digest of every input of this shard: equal digest -> identical bytes."""
+        """Digest of every input of this shard: equal digest -> identical bytes.
+
+        The images enter through their sha256 in the manifest; where the manifest has none
+        (built without checksums), through their path under ``root``.
+        """
         h = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode())
-        h.update(f"{self.index}/{self.num_shards}/{self.first}/{self.root}".encode())
+        hashed = all(json.loads(line).get("sha256") for line in self.manifest)
+        h.update(f"{self.index}/{self.num_shards}/{self.first}/{self.on_bad_image}/"
+                 f"{'' if hashed else self.root}".encode())
         for line in self.manifest + self.annotations:
             h.update(line.encode())
         return h.hexdigest()
@@ -73,18 +90,26 @@ def read_subset(subset_dir: Path) -> tuple[dict, list[str], list[str]]:
     if missing:
         raise SpaError(f"{subset_dir}: not a `spa-data build` output (missing {', '.join(missing)})")
     summary = _read_json(subset_dir / "summary.json")
+    if not isinstance(summary, dict):
+        raise SpaError(f"{subset_dir / 'summary.json'}: not a `spa-data build` summary")
     for key in ("tool", "task", "root", "recipe", "classes"):
         if key not in summary:
             raise SpaError(f"{subset_dir / 'summary.json'}: missing key {key!r} (not a `spa-data build` output)")
     if summary["tool"] != "spa-data":
         raise SpaError(f"{subset_dir / 'summary.json'}: tool is {summary['tool']!r}, not 'spa-data'")
-    manifest = (subset_dir / "manifest.jsonl").read_text().splitlines()
-    annotations = (subset_dir / "annotations.jsonl").read_text().splitlines()
+    manifest, annotations = (_read_lines(subset_dir / name) for name in ("manifest.jsonl", "annotations.jsonl"))
     if len(manifest) != len(annotations):
         raise SpaError(f"{subset_dir}: manifest.jsonl has {len(manifest)} lines, annotations.jsonl {len(annotations)}")
     if not manifest:
         raise SpaError(f"{subset_dir / 'manifest.jsonl'}: no images")
     return summary, manifest, annotations
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SpaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def geometry_for(summary: dict, strides: Sequence[int], size: Optional[tuple[int, int]] = None) -> Geometry:
@@ -96,10 +121,12 @@ def geometry_for(summary: dict, strides: Sequence[int], size: Optional[tuple[int
 
 
 def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size: Optional[tuple[int, int]] = None,
-                shard_size: int = 1000) -> list[ShardJob]:
-    """The deterministic partition of a subset into shard jobs."""
+                shard_size: int = 1000, root: Optional[Path] = None, on_bad_image: str = "error") -> list[ShardJob]:
+    """The deterministic partition of a subset into shard jobs (``root``: the dataset root, when it moved)."""
     if shard_size < 1:
         raise SpaError(f"--shard-size {shard_size}: must be at least 1")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise SpaError(f"on_bad_image {on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
     summary, manifest, annotations = read_subset(subset_dir)
     geometry = geometry_for(summary, strides, size)
     recipe = summary["recipe"]
@@ -110,12 +137,31 @@ def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size
         "classes": list(summary["classes"]), "category_ids": summary.get("category_ids"),
         "crowd": bool(recipe.get("crowd", True)), "use_masks": recipe.get("ratio_from", "auto") != "boxes",
     }
+    root = Path(root) if root is not None else Path(summary["root"])
+    if not root.is_dir():
+        raise SpaError(f"{root}: dataset root (from {Path(subset_dir) / 'summary.json'}) not found; "
+                       "if the dataset moved, give its new root")
     n = len(manifest)
     num_shards = -(-n // shard_size)
-    return [ShardJob(k, num_shards, k * shard_size, str(out_dir), str(subset_dir), str(summary["root"]),
+    return [ShardJob(k, num_shards, k * shard_size, str(out_dir), str(subset_dir), str(root),
                      tuple(manifest[k * shard_size:(k + 1) * shard_size]),
-                     tuple(annotations[k * shard_size:(k + 1) * shard_size]), header)
+                     tuple(annotations[k * shard_size:(k + 1) * shard_size]), header, on_bad_image)
             for k in range(num_shards)]
+
+
+def shard_dir_owned(path: Path) -> Optional[str]:
+    """None when ``path`` holds only what `spa-data labels` writes (its index.json a spa-shards index), else why not."""
+    foreign = foreign_entries(path, lambda p: _OUTPUT_NAME.fullmatch(p.name) is not None)
+    if foreign:
+        return f"holds {foreign[0]}, which `spa-data labels` did not write"
+    if (path / INDEX).is_file():
+        try:
+            schema = json.loads((path / INDEX).read_text()).get("schema")
+        except (OSError, ValueError, AttributeError):
+            schema = None
+        if schema != SCHEMA:
+            return f"its {INDEX} is not a {SCHEMA} index"
+    return None
 
 
 # ---------------------------------------------------------------------------------------- write
@@ -123,47 +169,111 @@ def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size
 
 def write_shards(subset_dir: Path, out_dir: Optional[Path] = None, *, strides: Sequence[int] = (8, 16, 32),
                  size: Optional[tuple[int, int]] = None, shard_size: int = 1000, workers: int = 1,
-                 progress: bool = True) -> dict:
-    """Write (or finish) the shards of ``subset_dir`` into ``out_dir`` (default ``subset_dir/shards``)."""
+                 root: Optional[Path] = None, on_bad_image: str = "error", progress: bool = True) -> dict:
+    """Write (or finish) the shards of ``subset_dir`` into ``out_dir`` (default ``subset_dir/shards``).
+
+    ``root`` overrides the dataset root recorded in summary.json (a moved dataset);
+    ``on_bad_image="skip"`` leaves out images that do not decode (listed in index.json).
+    """
     subset_dir = Path(subset_dir)
     out_dir = Path(out_dir) if out_dir is not None else subset_dir / "shards"
-    jobs = plan_shards(subset_dir, out_dir, strides=strides, size=size, shard_size=shard_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove(out_dir / INDEX)  # no index = not finished; written last
-    for stale in out_dir.glob(".shard-*.tmp*"):
-        _remove(stale)
+    jobs = plan_shards(subset_dir, out_dir, strides=strides, size=size, shard_size=shard_size, root=root,
+                       on_bad_image=on_bad_image)
+    check_apart(out_dir, Path(jobs[0].root), "dataset root")
+    if out_dir.resolve() == subset_dir.resolve():
+        raise SpaError(f"{out_dir}: is the subset directory itself; shards need a directory of their own")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        reason = shard_dir_owned(out_dir)
+        if reason is not None:
+            raise SpaError(f"{out_dir}: not empty and {reason}; refusing to write shards there")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpaError(f"{out_dir}: cannot create the shard directory ({e.strerror or e})") from None
+    try:
+        with directory_lock(out_dir / LOCK, "`spa-data labels`"):
+            try:
+                return _write_locked(subset_dir, out_dir, jobs, workers, progress)
+            finally:
+                for stale in out_dir.glob(".shard-*.tmp-*"):   # ours or a killed run's: we hold the lock
+                    remove_quietly(stale)
+                if (out_dir / JOURNAL).is_file() and not (out_dir / JOURNAL).stat().st_size:
+                    remove_quietly(out_dir / JOURNAL)
+    finally:
+        if created and not any(out_dir.iterdir()):   # failed before the first shard: as if never run
+            out_dir.rmdir()
+
+
+def _write_locked(subset_dir: Path, out_dir: Path, jobs: list[ShardJob], workers: int, progress: bool) -> dict:
+    recorded = _recorded_digests(out_dir)
+    remove_quietly(out_dir / INDEX)  # no index = not finished; written last
     done, todo = {}, []
     for job in jobs:
-        entry = _finished_entry(job)
+        entry = _finished_entry(job, recorded.get(job.name))
         if entry is not None:
             done[job.index] = entry
         else:
             todo.append(job)
-    bar = _progress_bar(total=sum(len(j.manifest) for j in jobs), initial=sum(e["num_samples"] for e in done.values()),
+    bar = _progress_bar(total=sum(len(j.manifest) for j in jobs), initial=sum(len(jobs[k].manifest) for k in done),
                         desc=f"labels {subset_dir.name}", enabled=progress)
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for job in todo:
-                done[job.index] = write_shard(job)
-                bar.update(done[job.index]["num_samples"])
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for job, entry in zip(todo, pool.map(write_shard, todo)):
-                    done[job.index] = entry
-                    bar.update(entry["num_samples"])
+        with open(out_dir / JOURNAL, "a", encoding="utf-8") as journal:
+            for job, entry in _run(todo, workers):
+                journal.write(json.dumps({"file": entry["file"], "sha256": entry["sha256"]}) + "\n")
+                journal.flush()
+                done[job.index] = entry
+                bar.update(len(job.manifest))
     finally:
         bar.close()
     planned = {job.name for job in jobs}
     for old in out_dir.glob("shard-*.h5"):  # left by an earlier plan with more shards
         if old.name not in planned:
-            _remove(old)
-    header = jobs[0].header
+            remove_quietly(old)
     entries = [done[k] for k in range(len(jobs))]
-    has_masks = [e.pop("has_masks") for e in entries]
-    index = dict(header, source=str(subset_dir.resolve()), num_samples=sum(len(j.manifest) for j in jobs),
-                 has_masks=any(has_masks), shards=entries)
-    _atomic_write(out_dir / INDEX, (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+    has_masks = any([e.pop("has_masks") for e in entries])
+    skipped = [s for e in entries for s in e.pop("skipped")]
+    index = dict(jobs[0].header, source=os.path.relpath(subset_dir.resolve(), out_dir.resolve()),
+                 num_samples=sum(e["num_samples"] for e in entries), has_masks=has_masks,
+                 on_bad_image=jobs[0].on_bad_image, skipped_images=skipped, shards=entries)
+    atomic_write(out_dir / INDEX, (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+    remove_quietly(out_dir / JOURNAL)
     return index
+
+
+def _run(todo: list[ShardJob], workers: int):
+    """(job, index entry) of each written shard, as each finishes."""
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            yield job, write_shard(job)
+        return
+    with process_pool(min(workers, len(todo))) as pool:
+        yield from pool.imap_unordered(_write_job, todo)
+
+
+def _write_job(job: ShardJob) -> tuple[ShardJob, dict]:
+    return job, write_shard(job)
+
+
+def _recorded_digests(out_dir: Path) -> dict[str, str]:
+    """{shard file: sha256 when written}, from the last finished run's index.json and this run's journal."""
+    recorded = {}
+    try:
+        index = json.loads((out_dir / INDEX).read_text())
+        recorded.update({e["file"]: e["sha256"] for e in index["shards"]})
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        lines = (out_dir / JOURNAL).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:   # the last line may be cut short by a kill: ignored
+        try:
+            entry = json.loads(line)
+            recorded[entry["file"]] = entry["sha256"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return recorded
 
 
 class _NoBar:
@@ -182,80 +292,78 @@ def _progress_bar(*, total: int, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, unit="img", desc=desc)
 
 
-def _finished_entry(job: ShardJob) -> Optional[dict]:
-    """The index entry of a shard already written by this plan, else None."""
+def _finished_entry(job: ShardJob, recorded_sha256: Optional[str]) -> Optional[dict]:
+    """The index entry of a shard this plan already wrote and nothing changed since, else None."""
     path = Path(job.out_dir) / job.name
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("plan") != job.plan:
                 return None
             has_masks = bool(f.attrs["has_masks"])
-    except (OSError, KeyError):
+            num_samples = int(f.attrs["num_samples"])
+            skipped = json.loads(f.attrs.get("skipped_images", "[]"))
+    except (OSError, KeyError, ValueError):
         return None
-    return {"file": job.name, "num_samples": len(job.manifest), "sha256": file_sha256(path), "has_masks": has_masks}
+    if recorded_sha256 is None:
+        return None   # renamed into place but never recorded (killed in between): redone
+    digest = file_sha256(path)
+    if digest != recorded_sha256:
+        print(f"{path}: changed since it was written (sha256 {digest[:16]}... was {recorded_sha256[:16]}...); "
+              "writing it again", file=sys.stderr)
+        return None
+    return {"file": job.name, "num_samples": num_samples, "sha256": digest, "has_masks": has_masks,
+            "skipped": skipped}
 
 
 def write_shard(job: ShardJob) -> dict:
-    """Build one shard in memory, write it under a temporary name, rename it into place."""
-    samples = [_make_sample(job, m, a) for m, a in zip(job.manifest, job.annotations)]
-    final = Path(job.out_dir) / job.name
-    tmp = final.with_name(f".{job.name}.tmp-{os.getpid()}")
+    """Build one shard in memory, write it under a temporary name (fsynced), rename it into place."""
+    samples, skipped = [], []
+    for n, (m, a) in enumerate(zip(job.manifest, job.annotations)):
+        try:
+            samples.append(_make_sample(job, job.first + n, m, a))
+        except UnreadableImage as e:
+            if job.on_bad_image != "skip":
+                raise
+            entry = json.loads(m)
+            skipped.append({"line": job.first + n + 1, "image_id": entry["image_id"], "file": entry["file"],
+                            "reason": str(e)})
+    # Built in memory (HDF5's core driver: the same bytes as a file) and written by atomic_write: a
+    # full disk is then a clean OSError, where HDF5 closing a file after a failed write can crash.
+    with h5py.File(f"{job.name}-{os.getpid()}", "w", driver="core", backing_store=False,
+                   libver=("earliest", "v110")) as f:
+        has_masks = _write_h5(f, job, samples, skipped)
+        f.flush()
+        image = f.id.get_file_image()
+    atomic_write(Path(job.out_dir) / job.name, image, kept="the shards written so far are kept (rerun to resume)")
+    return {"file": job.name, "num_samples": len(samples), "sha256": hashlib.sha256(image).hexdigest(),
+            "has_masks": has_masks, "skipped": skipped}
+
+
+def _make_sample(job: ShardJob, line: int, manifest_line: str, annotation_line: str) -> dict:
+    subset = Path(job.subset_dir)
     try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-            has_masks = _write_h5(f, job, samples)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        _remove(tmp)
-    return {"file": job.name, "num_samples": len(samples), "sha256": file_sha256(final), "has_masks": has_masks}
-
-
-def _make_sample(job: ShardJob, manifest_line: str, annotation_line: str) -> dict:
-    where = Path(job.subset_dir) / "annotations.jsonl"
-    entry = json.loads(manifest_line)
-    ann = json.loads(annotation_line)
-    if ann.get("image_id") != entry.get("image_id"):
-        raise SpaError(f"{where}: image {entry.get('image_id')!r}: annotations.jsonl has {ann.get('image_id')!r} "
-                       "on that line")
+        entry, ann = json.loads(manifest_line), json.loads(annotation_line)
+        image_id, file, width, height = entry["image_id"], entry["file"], entry["width"], entry["height"]
+        objects = ann["objects"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpaError(f"{subset}: manifest.jsonl / annotations.jsonl line {line + 1}: not a subset entry "
+                       f"({type(e).__name__}: {e})") from None
+    if not (isinstance(image_id, str) or (type(image_id) is int and INT64[0] <= image_id < INT64[1])):
+        raise SpaError(f"{subset / 'manifest.jsonl'}: line {line + 1}: image id {image_id!r} is neither a string "
+                       "nor a 64-bit integer")
+    if ann.get("image_id") != image_id:
+        raise SpaError(f"{subset / 'annotations.jsonl'}: image {image_id!r}: annotations.jsonl has "
+                       f"{ann.get('image_id')!r} on that line")
     header = job.header
     geometry = Geometry.from_json(header["geometry"])
-    width, height = entry["width"], entry["height"]
     layout = geometry.layout(width, height)
-    path = Path(job.root) / entry["file"]
-    image = _read_image(path, entry, header["image_format"])
-    select = selection_labels(ann["objects"], width, height, layout, geometry.strides,
+    image = read_image(Path(job.root) / file, entry, header["image_format"])
+    select = selection_labels(objects, width, height, layout, geometry.strides,
                               use_masks=header["use_masks"], crowd=header["crowd"])
     return {"entry": entry, "ann": ann, "layout": layout, "image": image, "select": select}
 
 
-def _read_image(path: Path, entry: dict, image_format: str) -> np.ndarray:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SpaError(f"{path}: image {entry['image_id']!r}: cannot read ({e.strerror or e})") from None
-    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise SpaError(f"{path}: image {entry['image_id']!r}: sha256 differs from manifest.jsonl "
-                       "(file changed since build)")
-    try:
-        img = Image.open(io.BytesIO(data))
-        size = img.size
-        if image_format == "raw":
-            pixels = np.asarray(img.convert("RGB"))
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise SpaError(f"{path}: image {entry['image_id']!r}: unreadable image ({e})") from None
-    if size != (entry["width"], entry["height"]):
-        raise SpaError(f"{path}: image {entry['image_id']!r}: is {size[0]}x{size[1]}, manifest says "
-                       f"{entry['width']}x{entry['height']}")
-    if image_format == "raw":
-        return np.ascontiguousarray(pixels).reshape(-1)
-    if img.format != "JPEG":
-        raise SpaError(f"{path}: image {entry['image_id']!r}: is {img.format}, "
-                       "shards store JPEG bytes for this geometry")
-    return np.frombuffer(data, dtype=np.uint8)
-
-
-def _write_h5(f: h5py.File, job: ShardJob, samples: list[dict]) -> bool:
+def _write_h5(f: h5py.File, job: ShardJob, samples: list[dict], skipped: list[dict]) -> bool:
     """Write every dataset and attribute of one shard; True when some object has a mask."""
     header = job.header
     for key in ("schema", "schema_version", "subset", "task", "image_format"):
@@ -264,7 +372,7 @@ def _write_h5(f: h5py.File, job: ShardJob, samples: list[dict]) -> bool:
         f.attrs[key] = json.dumps(header[key])
     f.attrs["strides"] = np.array(header["strides"], dtype=np.int64)
     f.attrs.update({"num_samples": len(samples), "shard": job.index, "num_shards": job.num_shards,
-                    "first_sample": job.first, "plan": job.plan})
+                    "first_sample": job.first, "plan": job.plan, "skipped_images": json.dumps(skipped)})
 
     def put(name: str, data: Any, dtype=None) -> None:
         f.create_dataset(name, data=np.asarray(data, dtype=dtype), track_times=False)
@@ -273,14 +381,16 @@ def _write_h5(f: h5py.File, job: ShardJob, samples: list[dict]) -> bool:
     if all(isinstance(i, int) for i in ids):
         put("image_id", ids, np.int64)
     else:
-        put("image_id", np.array([str(i).encode() for i in ids]))  # fixed-length bytes
+        put("image_id", np.array([str(i).encode() for i in ids], dtype=bytes))  # fixed-length bytes
     put("ratio", [s["entry"].get("ratio") or 0.0 for s in samples], np.float64)
-    put("orig_hw", [(s["entry"]["height"], s["entry"]["width"]) for s in samples], np.int32)
-    put("resized_hw", [s["layout"].resized[::-1] for s in samples], np.int32)
-    put("canvas_hw", [s["layout"].canvas[::-1] for s in samples], np.int32)
+    pairs = {"orig_hw": [(s["entry"]["height"], s["entry"]["width"]) for s in samples],
+             "resized_hw": [s["layout"].resized[::-1] for s in samples],
+             "canvas_hw": [s["layout"].canvas[::-1] for s in samples]}
+    for name, rows in pairs.items():
+        put(name, np.array(rows, dtype=np.int32).reshape(-1, 2))
     _put_ragged(put, "image", [s["image"] for s in samples])
     for stride in header["strides"]:
-        put(f"select/{stride}", np.concatenate([s["select"][stride].ravel() for s in samples]), np.uint8)
+        put(f"select/{stride}", np.concatenate([s["select"][stride].ravel() for s in samples] or [[]]), np.uint8)
     if header["task"] == "cls":
         labels = [s["ann"].get("label") for s in samples]
         bad = [s["entry"]["image_id"] for s, label in zip(samples, labels) if not isinstance(label, int)]
@@ -323,6 +433,10 @@ def resolve_shard_dir(path: Path) -> Path:
         return path
     if (path / "shards" / INDEX).is_file():
         return path / "shards"
+    for candidate in (path, path / "shards"):
+        holder = lock_holder(candidate / LOCK)
+        if holder is not None:
+            raise SpaError(f"{candidate}: `spa-data labels` (pid {holder}) is still writing these shards")
     if path.is_dir() and (any(path.glob("shard-*.h5")) or any((path / "shards").glob("shard-*.h5"))):
         raise SpaError(f"{path}: no {INDEX} (an interrupted `spa-data labels` run? rerun it to finish)")
     raise SpaError(f"{path}: no shards here (expected {INDEX}; run `spa-data labels` first)")
@@ -332,6 +446,8 @@ def load_index(path: Path) -> tuple[Path, dict]:
     """(shard directory, index) after checking the schema and version."""
     shard_dir = resolve_shard_dir(path)
     index = _read_json(shard_dir / INDEX)
+    if not isinstance(index, dict):
+        raise SpaError(f"{shard_dir / INDEX}: not a shard index (expected a JSON object)")
     check_schema(index.get("schema"), index.get("schema_version"), shard_dir / INDEX)
     for key in ("task", "strides", "geometry", "classes", "shards", "image_format"):
         if key not in index:
@@ -344,6 +460,23 @@ def check_schema(schema: Any, version: Any, where: Path) -> None:
         raise SpaError(f"{where}: schema {schema!r} is not {SCHEMA!r}")
     if version != SCHEMA_VERSION:
         raise SpaError(f"{where}: schema version {version!r}, this spa_data reads version {SCHEMA_VERSION}")
+
+
+def open_listed(shard_dir: Path, index: dict, k: int) -> ShardReader:
+    """Shard ``k`` of ``index``, checked to be the shard the index lists (count, task, strides, image format)."""
+    entry = index["shards"][k]
+    path = shard_dir / entry["file"]
+    if not path.is_file():
+        raise SpaError(f"{path}: missing (listed in {shard_dir / INDEX}; rerun `spa-data labels`)")
+    reader = ShardReader(path)
+    for name, found, listed in (("samples", reader.num_samples, entry["num_samples"]),
+                                ("task", reader.task, index["task"]), ("strides", reader.strides, index["strides"]),
+                                ("image format", reader.image_format, index["image_format"])):
+        if found != listed:
+            reader.close()
+            raise SpaError(f"{path}: {name} {found}, {shard_dir / INDEX} says {listed} (shards of different runs "
+                           "mixed? rerun `spa-data labels`)")
+    return reader
 
 
 class ShardReader:
@@ -454,68 +587,65 @@ def _read_json(path: Path) -> dict:
         raise SpaError(f"{path}: malformed JSON ({e})") from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        _remove(tmp)
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 # ---------------------------------------------------------------------------------------- verify, stats
 
 
-def verify_shards(path: Path, *, sample: int = 16, progress: bool = False) -> dict:
+def verify_shards(path: Path, *, sample: int = 16, subset: Optional[Path] = None) -> dict:
     """Check checksums, schema and counts of every shard; re-derive ``sample`` samples' labels
-    (and boxes, categories, image bytes) from the subset's annotations. Raises SpaError on the first fault."""
+    (and boxes, categories, image bytes, decodability) from the subset's annotations.
+
+    ``subset``: the subset directory, when it is no longer where index.json says (relative to
+    the shard directory). Raises SpaError on the first fault.
+    """
+    if sample < 0:
+        raise SpaError(f"sample {sample}: must be >= 0")
     shard_dir, index = load_index(path)
     geometry = Geometry.from_json(index["geometry"])
     total = 0
-    for entry in index["shards"]:
+    for k, entry in enumerate(index["shards"]):
         shard = shard_dir / entry["file"]
         if not shard.is_file():
             raise SpaError(f"{shard}: missing (listed in {shard_dir / INDEX})")
         digest = file_sha256(shard)
         if digest != entry["sha256"]:
             raise SpaError(f"{shard}: sha256 {digest[:16]}... does not match {INDEX} ({entry['sha256'][:16]}...)")
-        reader = ShardReader(shard)
-        reader.close()
-        if reader.num_samples != entry["num_samples"]:
-            raise SpaError(f"{shard}: holds {reader.num_samples} samples, {INDEX} says {entry['num_samples']}")
-        total += reader.num_samples
+        open_listed(shard_dir, index, k).close()
+        total += entry["num_samples"]
     if total != index["num_samples"]:
         raise SpaError(f"{shard_dir / INDEX}: shards hold {total} samples, num_samples says {index['num_samples']}")
     picks = sorted(set(np.linspace(0, total - 1, min(sample, total)).round().astype(int).tolist())) if sample else []
     if picks:
-        _rederive(shard_dir, index, geometry, picks)
+        _rederive(shard_dir, index, geometry, picks, _subset_of(shard_dir, index, subset))
     return {"shards": len(index["shards"]), "samples": total, "rederived": len(picks)}
 
 
-def _rederive(shard_dir: Path, index: dict, geometry: Geometry, picks: list[int]) -> None:
-    source = Path(index["source"])
+def _subset_of(shard_dir: Path, index: dict, subset: Optional[Path]) -> Path:
+    if subset is not None:
+        return Path(subset)
+    source = shard_dir / index.get("source", "..")   # relative to the shard directory (absolute before)
+    if not (source / "manifest.jsonl").is_file():
+        raise SpaError(f"{shard_dir / INDEX}: its subset {source} is not there (moved?); give the subset directory")
+    return source
+
+
+def _rederive(shard_dir: Path, index: dict, geometry: Geometry, picks: list[int], source: Path) -> None:
     _, manifest, annotations = read_subset(source)
+    skipped = {s["line"] - 1 for s in index.get("skipped_images", [])}
+    lines = [n for n in range(len(manifest)) if n not in skipped]   # manifest line of each sample
+    if len(lines) != index["num_samples"]:
+        raise SpaError(f"{source / 'manifest.jsonl'}: {len(manifest)} lines less {len(skipped)} skipped are not "
+                       f"the {index['num_samples']} samples of {shard_dir / INDEX} (another subset?)")
     starts = np.concatenate([[0], np.cumsum([e["num_samples"] for e in index["shards"]])])
     readers: dict[int, ShardReader] = {}
     try:
         for i in picks:
             k = int(np.searchsorted(starts, i, side="right") - 1)
-            reader = readers.get(k) or readers.setdefault(k, ShardReader(shard_dir / index["shards"][k]["file"]))
+            reader = readers.get(k) or readers.setdefault(k, open_listed(shard_dir, index, k))
             stored = reader.read(i - int(starts[k]))
-            entry, ann = json.loads(manifest[i]), json.loads(annotations[i])
+            entry, ann = json.loads(manifest[lines[i]]), json.loads(annotations[lines[i]])
             where = f"{reader.path}: sample {i - int(starts[k])} (image {entry['image_id']!r})"
             if stored["image_id"] != entry["image_id"]:
-                raise SpaError(f"{where}: image_id differs from {source / 'manifest.jsonl'} line {i + 1}")
+                raise SpaError(f"{where}: image_id differs from {source / 'manifest.jsonl'} line {lines[i] + 1}")
             layout = geometry.layout(entry["width"], entry["height"])
             expected = selection_labels(ann["objects"], entry["width"], entry["height"], layout, geometry.strides,
                                         use_masks=index["use_masks"], crowd=index["crowd"])
@@ -527,9 +657,12 @@ def _rederive(shard_dir: Path, index: dict, geometry: Geometry, picks: list[int]
             categories = [o["category"] for o in ann["objects"]]
             if not (np.array_equal(boxes, stored["boxes"]) and categories == stored["categories"].tolist()):
                 raise SpaError(f"{where}: boxes or categories differ from {source / 'annotations.jsonl'}")
-            if index["image_format"] == "jpeg" and entry.get("sha256"):
-                if hashlib.sha256(stored["image"].tobytes()).hexdigest() != entry["sha256"]:
+            if index["image_format"] == "jpeg":
+                if entry.get("sha256") and hashlib.sha256(stored["image"].tobytes()).hexdigest() != entry["sha256"]:
                     raise SpaError(f"{where}: image bytes differ from the sha256 in {source / 'manifest.jsonl'}")
+                problem = jpeg_problem(np.asarray(stored["image"]))
+                if problem is not None:
+                    raise SpaError(f"{where}: image does not decode ({problem})")
     finally:
         for reader in readers.values():
             reader.close()
@@ -544,8 +677,8 @@ def shard_stats(path: Path, *, select_threshold: float = 0.0) -> dict:
     strides = index["strides"]
     ratio, coverage, canvas_pos, content_pos = [], [], {s: [] for s in strides}, {s: [] for s in strides}
     finest = min(strides)
-    for entry in index["shards"]:
-        reader = ShardReader(shard_dir / entry["file"])
+    for k in range(len(index["shards"])):
+        reader = open_listed(shard_dir, index, k)
         try:
             ratio.append(reader.ratio)
             rh, rw = reader.resized_hw[:, 0], reader.resized_hw[:, 1]
@@ -553,6 +686,9 @@ def shard_stats(path: Path, *, select_threshold: float = 0.0) -> dict:
                 q = reader.file[f"select/{s}"][()]
                 starts = reader.select_offsets[s][:-1]
                 cells = np.diff(reader.select_offsets[s])
+                if len(q) != reader.select_offsets[s][-1]:
+                    raise SpaError(f"{reader.path}: select/{s} holds {len(q)} cells, its canvas sizes "
+                                   f"{reader.select_offsets[s][-1]} (damaged shard)")
                 positives = np.add.reduceat((q > code).astype(np.int64), starts) if len(q) else np.zeros(len(cells))
                 content = np.ceil(rh / s) * np.ceil(rw / s)   # objects never lie outside the content
                 canvas_pos[s].append(positives / cells)
@@ -560,8 +696,12 @@ def shard_stats(path: Path, *, select_threshold: float = 0.0) -> dict:
                 if s == finest and len(q):
                     covered = np.add.reduceat(q.astype(np.float64), starts) / 255.0 * s * s
                     coverage.append(covered / (rh * rw))
+        except (OSError, KeyError) as e:
+            raise SpaError(f"{reader.path}: damaged shard ({e})") from None
         finally:
             reader.close()
+    if not index["num_samples"]:
+        raise SpaError(f"{shard_dir / INDEX}: no samples")
     cat = np.concatenate
     return {
         "subset": index.get("subset"), "num_samples": index["num_samples"], "select_threshold": select_threshold,

@@ -22,10 +22,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-import sys
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,15 +39,18 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from spa_data import __version__
 from spa_data.errors import SpaError
+from spa_data.io import check_apart, foreign_entries, staged_dir
 from spa_data.ratio import object_pixel_ratio
 from spa_data.recipes import Recipe
 from spa_data.records import ImageRecord, sort_key
 from spa_data.sources import open_source
+from spa_data.workers import pool_start_method, process_pool
 
 MANIFEST = "manifest.jsonl"
 ANNOTATIONS = "annotations.jsonl"
 SUMMARY = "summary.json"
 HISTOGRAM_PNG = "ratio_hist.png"
+OUTPUTS = (MANIFEST, ANNOTATIONS, SUMMARY, HISTOGRAM_PNG)
 HIST_BINS = 50  # fixed bins over [0, 1] so that parts can be summed
 
 # Why an image is left out of a subset (summary.json "counts.dropped").
@@ -133,6 +134,11 @@ def _process_index(index: int) -> ImageResult:
 def process_item(job: _Job, item: Any) -> ImageResult:
     """Record, ratio, keep/drop decision and the output lines of one image."""
     record: ImageRecord = job.to_record(item)
+    try:
+        record.file.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpaError(f"{os.fsencode(job.root / record.file)!r}: image {record.image_id!r}: file name is not "
+                       "valid UTF-8 (the manifest is UTF-8 JSON); rename the file") from None
     recipe = job.recipe
     raw_ratio, method = object_pixel_ratio(
         record, ratio_from=recipe.ratio_from, crowd=recipe.crowd,
@@ -299,7 +305,8 @@ def build_subset(recipe: Recipe, options: BuildOptions, out: Path, *, workers: i
     """
     if options.split not in recipe.splits:
         raise SpaError(f"recipe {recipe.name}: split {options.split!r} is not one of {', '.join(recipe.splits)}")
-    with _staging(out, overwrite) as tmp, _unfreeze_after():
+    check_apart(out, options.root, "dataset root")
+    with staged_dir(out, overwrite=overwrite, owned=subset_owned) as tmp, _unfreeze_after():
         source = _open(recipe, options, missing_images=options.missing_images)
         items = _index(source)
         total = len(items)
@@ -382,7 +389,7 @@ def _map(job: _Job, items: Sequence[Any], workers: int, progress: bool, desc: st
     _ITEMS = items if method == "fork" else ()
     try:
         # The pool is created before the progress bar: no other thread exists when it forks.
-        with multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        with process_pool(workers, _init_worker, (job,), method) as pool:
             tasks = pool.imap(_process_index, range(len(items)), chunksize) if method == "fork" \
                 else pool.imap(_process, items, chunksize)
             with _progress(len(items), desc, progress) as bar:
@@ -391,11 +398,6 @@ def _map(job: _Job, items: Sequence[Any], workers: int, progress: bool, desc: st
                     bar.update()
     finally:
         _ITEMS = ()
-
-
-def pool_start_method() -> str:
-    """``fork`` on Linux (items shared copy-on-write), ``spawn`` elsewhere."""
-    return "fork" if sys.platform == "linux" else "spawn"
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
@@ -450,57 +452,20 @@ def plot_histogram(summary: dict, path: Path) -> None:
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
-@contextmanager
-def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a fresh sibling ``out.tmp-<pid>``; move it to ``out`` on success, delete it on error."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpaError(f"{out}: output path exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SpaError(f"{out}: output directory is not empty (pass --overwrite to replace it)")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    _remove_stale(out)
+def subset_owned(out: Path) -> Optional[str]:
+    """None when ``out`` is an earlier ``spa-data build`` output (its summary.json says so and it
+    holds nothing else but its shards), else why it is not."""
+    from spa_data.shards import shard_dir_owned
+
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    except OSError as e:
-        raise SpaError(f"{out}: cannot create output directory ({e.strerror or e})") from None
-    try:
-        yield tmp
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete ``out.tmp-<pid>`` / ``out.old-<pid>`` left by a killed run (its process is gone)."""
-    if not out.parent.is_dir():
-        return
-    for path in out.parent.glob(f"{out.name}.[to][ml][pd]-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.is_dir():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        tool = json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("tool")
+    except (OSError, ValueError, AttributeError):
+        tool = None
+    if tool != "spa-data":
+        return f"not a `spa-data build` output (no {SUMMARY} written by spa-data)"
+    foreign = foreign_entries(out, lambda p: p.name in OUTPUTS or (p.name == "shards" and p.is_dir()
+                                                                   and shard_dir_owned(p) is None))
+    return f"holds {foreign[0]}, which `spa-data build` did not write" if foreign else None
 
 
 # --------------------------------------------------------------------------- merge
@@ -541,8 +506,10 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
         raise SpaError(f"merge: parts were built from different roots ({', '.join(sorted(roots))}); pass --root")
     meta = {k: first[k] for k in _PART_INVARIANT}
     meta["root"] = str(Path(root).resolve()) if root is not None else first["root"]
+    for d, _ in parts:
+        check_apart(out, d, "part directory")
     stats = Stats()
-    with _staging(out, overwrite) as tmp:
+    with staged_dir(out, overwrite=overwrite, owned=subset_owned) as tmp:
         for name in (MANIFEST, ANNOTATIONS):
             with open(tmp / name, "wb") as dst:
                 for d, _ in parts:
@@ -605,7 +572,8 @@ def rebuild_from_manifest(manifest: Path, root: Path, out: Path, *, workers: int
     except (KeyError, TypeError) as e:
         raise SpaError(f"{manifest.parent / SUMMARY}: not a subset summary (missing {e})") from None
     wanted = _read_manifest(manifest)
-    with _staging(out, overwrite) as tmp, _unfreeze_after():
+    check_apart(out, root, "dataset root")
+    with staged_dir(out, overwrite=overwrite, owned=subset_owned) as tmp, _unfreeze_after():
         source = _open(recipe, options, missing_images="keep")
         by_id = {item.image_id: item for item in _index(source)}
         problems = [f"missing: image {i} ({line['file']}): not in the source's annotations"

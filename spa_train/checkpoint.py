@@ -8,7 +8,6 @@ and every rank's RNG states (python, numpy, torch, CUDA). It is loaded with
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,42 @@ import numpy as np
 import torch
 
 from spa_data.errors import SpaError
+from spa_data.io import atomic_open
 
 FORMAT = "spa-train/1"
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    A full disk ends in a SpaError that says so; the previous file stays and no temporary is left.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_open(path, "wb", kept=f"the previous {path.name}, if any, is kept") as f:
+        sink = _Sink(f)
+        try:
+            torch.save({"format": FORMAT, **state}, sink)
+        except RuntimeError:
+            if sink.error is not None:   # torch reports a failed write without its cause
+                raise sink.error from None
+            raise
+
+
+class _Sink:
+    """A file for ``torch.save`` that remembers the OSError (e.g. ENOSPC) of a failed write."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from spa_data.errors import SpaError
+from spa_data.io import atomic_write
 
 TASKS = ("cls", "multilabel", "det")
 SELECTORS = ("spa", "topk", "gt", "all")
@@ -105,6 +107,19 @@ class TrainConfig:
             raise SpaError("config: checkpoint_interval, warmup_steps and num_workers must be >= 0")
         if not 0.0 <= self.hflip <= 1.0:
             raise SpaError(f"config: hflip must be in [0, 1], got {self.hflip}")
+        _check_range("lr", self.lr, 0.0, math.inf, low_open=True)
+        for name in ("min_lr", "weight_decay", "alpha"):
+            _check_range(name, getattr(self, name), 0.0, math.inf)
+        for name, value in (("label_smoothing", self.label_smoothing), ("select_threshold", self.select_threshold),
+                            ("betas[0]", self.betas[0]), ("betas[1]", self.betas[1])):
+            _check_range(name, value, 0.0, 1.0, high_open=True)
+        if self.clip_grad_norm is not None:
+            _check_range("clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, low_open=True)
+        for name in ("fpn_channels", "mask_head_channels", "eval_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SpaError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise SpaError(f"config: seed must be >= 0, got {self.seed}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -173,11 +188,9 @@ def read_config_file(path: str | Path) -> dict:
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config.yaml`` atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     data = config.to_dict()
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False) if yaml else json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    text = yaml.safe_dump(data, sort_keys=False) if yaml else json.dumps(data, indent=2) + "\n"
+    atomic_write(Path(path), text.encode())
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -280,6 +293,16 @@ def _set_dotted(values: dict, key: str, value: Any) -> None:
     target = dict(target)
     target[rest] = value
     values[head] = target
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """A finite ``value`` within the bounds (open where said), else a SpaError naming ``name``."""
+    inside = math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if not inside:
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or math.isinf(high) else ']'}"
+        raise SpaError(f"config: {name} must be a finite number in {bounds}, got {value}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -7,8 +7,16 @@ r, r + W, ... of the same seeded permutation). Loss = task loss + alpha * select
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, the position (epoch,
 optimizer step, micro-batches consumed in the epoch) and every rank's RNG states; the
-sampler skips what the epoch already consumed. With ``num_workers=0`` a resumed CPU run
-reproduces the uninterrupted one bit for bit (worker processes draw their own seeds).
+sampler skips what the epoch already consumed, and the loader's random flips are a function
+of (seed, epoch, sample index), not of a worker's RNG. So a resumed CPU run reproduces the
+uninterrupted one bit for bit with any ``num_workers``.
+
+Stops (docs/design.md, "Data safety"): SIGTERM or SIGINT to the trainer, or to its whole
+process group (DataLoader workers leave both to the main process), finishes the current
+step, saves ``last.pt`` and exits 0; a second SIGINT aborts at once. ``best.pt`` is written
+before ``last.pt`` so that ``last.pt`` always carries the best score so far. A run resumes
+only onto its own ``last.pt`` (resuming an older checkpoint into the same directory would
+rewind it); a new run needs a new or empty directory.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spa_data.errors import SpaError
+from spa_data.io import foreign_entries
 from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from spa_train.config import TrainConfig, build_config, save_config
 from spa_train.distributed import (DistInfo, ResumableSampler, ShareSampler, all_gather_objects, all_reduce_sum,
@@ -52,10 +61,9 @@ def open_shards(path: str, config: TrainConfig, *, train: bool):
     if not path:
         raise SpaError("no shards given (--shards DIR)")
     dataset = ShardDataset(path, select_threshold=config.select_threshold, train=train,
-                           hflip=config.hflip if train else 0.0, masks=config.masks)
+                           hflip=config.hflip if train else 0.0, masks=config.masks, seed=config.seed)
     if dataset.task != config.task:
-        raise SpaError(f"{path}: shards are for task {dataset.task!r}, not {config.task!r} "
-                       f"(pass --task {dataset.task} or other shards)")
+        raise SpaError(f"{path}: shards are for task {dataset.task!r}, not {config.task!r} (the configured task)")
     return dataset
 
 
@@ -156,14 +164,19 @@ class Trainer:
                 truncate_metrics(self.run_dir / "metrics.jsonl", after_step=self.position.step)
                 self.writer = MetricsWriter(self.run_dir, enabled=True)
         last_row: dict[str, Any] = {}
-        with self._stop_on_signals():
-            while self.position.epoch < self.config.epochs and self.position.step < self.stop_step:
-                last_row = self._train_epoch()
-                if self.stop_requested:
-                    self._save("last.pt")
-                    self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
-                              f"continue with --resume {self.run_dir / 'last.pt'}")
-                    break
+        try:
+            with self._stop_on_signals():
+                while self.position.epoch < self.config.epochs and self.position.step < self.stop_step:
+                    last_row = self._train_epoch()
+                    if self.stop_requested:
+                        self._save("last.pt")
+                        self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
+                                  f"continue with --resume {self.run_dir}")
+                        break
+        finally:
+            for loader in (self.loader, self.val_loader):
+                if loader is not None:
+                    loader.close()
         if self.info.is_main and self.config.curves and not plot_curves(read_metrics(self.run_dir / "metrics.jsonl"),
                                                  self.run_dir / "curves.png", metric=f"val/{self.task.metric}"):
             self._say("matplotlib is not installed: no curves.png")
@@ -230,11 +243,11 @@ class Trainer:
                 row.update(self.validate())
         self.writer.log(row)
         self._say(_summary_line(row, self.task.metric))
-        self._save("last.pt")
         metric = row.get(f"val/{self.task.metric}")
         if metric is not None and (self.best is None or metric > self.best):
             self.best = metric
-            self._save("best.pt")
+            self._save("best.pt")   # first: the last.pt below then records this best, and a kill in between
+        self._save("last.pt")       # leaves last.pt behind best.pt, never ahead of it
         return row
 
     def _forward_loss(self, batch):
@@ -289,6 +302,8 @@ class Trainer:
     @contextmanager
     def _stop_on_signals(self):
         def request_stop(signum, frame):
+            if signum == signal.SIGINT and self.stop_requested:
+                raise KeyboardInterrupt   # a second Ctrl-C: stop now, without saving
             self.stop_requested = True
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -301,6 +316,16 @@ class Trainer:
     def _no_sync(self, skip_sync: bool):
         no_sync = getattr(self.model, "no_sync", None)
         return no_sync() if skip_sync and no_sync is not None else nullcontext()
+
+    def say_resumed(self, path: Path) -> None:
+        pos = self.position
+        if pos.epoch >= self.config.epochs or pos.step >= self.stop_step:
+            self._say(f"{path}: this run is finished (step {pos.step}, epoch {pos.epoch} of {self.config.epochs}"
+                      f"{f', max_steps {self.config.max_steps}' if self.config.max_steps else ''}); "
+                      "raise epochs or max_steps to train on")
+        else:
+            self._say(f"resuming {path} at step {pos.step} (epoch {pos.epoch + 1}, "
+                      f"{pos.consumed} of {self.micro_per_epoch} micro-batches done)")
 
     def _say(self, text: str) -> None:
         if self.info.is_main:
@@ -462,20 +487,46 @@ def _summary_line(row: dict, metric: str) -> str:
 
 # --- entry points -------------------------------------------------------------------------
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "curves.png", "tb")
+
+
 def train(config: TrainConfig, *, resume: Optional[str | Path] = None) -> dict[str, Any]:
     """Train (or continue, from a checkpoint or run directory) and return the last epoch's metrics."""
-    state = load_checkpoint(resolve_resume_path(resume)) if resume else None
+    path = resolve_resume_path(resume) if resume else None
+    state = load_checkpoint(path) if path is not None else None
     run_dir = Path(config.out)
-    if state is None and (run_dir / "last.pt").is_file():
-        raise SpaError(f"{run_dir}: already holds a run (last.pt); continue it with --resume {run_dir}, "
-                       f"or choose another --out")
+    last = run_dir / "last.pt"
+    if last.is_file():
+        if state is None:
+            raise SpaError(f"{run_dir}: already holds a run (last.pt); continue it with --resume {run_dir}, "
+                           f"or choose another --out")
+        if not os.path.samefile(path, last):
+            raise SpaError(f"{path}: continuing it in {run_dir} would overwrite that run's last.pt and metrics "
+                           f"(a rewind); resume {last}, or set another out directory to branch off {path.name}")
+    else:
+        _check_new_run_dir(run_dir)
     if state is None and int(os.environ.get("RANK", "0")) == 0:
         for stale in ("metrics.jsonl", "metrics.csv"):  # left by a run that died before its first checkpoint
             (run_dir / stale).unlink(missing_ok=True)
     try:
-        return Trainer(config, resume_state=state).fit()
+        trainer = Trainer(config, resume_state=state)
+        if state is not None:
+            trainer.say_resumed(path)
+        return trainer.fit()
     finally:
         shutdown_distributed()
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A run starts in a new or empty directory, or in one a run left before its first checkpoint."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    foreign = foreign_entries(run_dir, lambda p: p.name in RUN_FILES or (p.name.startswith(".") and ".tmp-" in p.name)
+                              or p.name.endswith(".tmp"))
+    if foreign or not (run_dir / "config.yaml").is_file():
+        what = f"holds {foreign[0]}" if foreign else "has no config.yaml"
+        raise SpaError(f"{run_dir}: not empty and not a spa-train run directory ({what}); "
+                       "choose a new or empty out directory")
 
 
 def resolve_resume_path(path: str | Path) -> Path:

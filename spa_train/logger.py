@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from spa_data.errors import SpaError
+
 
 class MetricsWriter:
     def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = True):
@@ -53,11 +55,19 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` (empty when absent)."""
+    """The rows of a ``metrics.jsonl`` (empty when absent; a last line cut short by a kill is dropped)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise SpaError(f"{path}: line {n} is not JSON") from None
+    return rows
 
 
 def truncate_metrics(path: Path, *, after_step: int) -> None:

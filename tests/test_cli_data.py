@@ -191,11 +191,16 @@ def test_unwritable_or_occupied_out(capsys, coco_root, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("mine")
-    code, _, err = spa_data(capsys, *build_args(coco_root, occupied))
-    assert_one_line_error(code, err, str(occupied), "--overwrite")
+    for overwrite in ((), ("--overwrite",)):   # not an earlier output: never replaced
+        code, _, err = spa_data(capsys, *build_args(coco_root, occupied, "coco", "val", *overwrite))
+        assert_one_line_error(code, err, str(occupied), "not a `spa-data build` output")
     assert (occupied / "keep.txt").read_text() == "mine"
-    code, _, err = spa_data(capsys, *build_args(coco_root, occupied, "coco", "val", "--overwrite"))
-    assert code == 0 and sorted(p.name for p in occupied.iterdir()) == [
+    earlier = tmp_path / "earlier"
+    assert spa_data(capsys, *build_args(coco_root, earlier))[0] == 0
+    code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val"))
+    assert_one_line_error(code, err, str(earlier), "--overwrite")
+    code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--overwrite"))
+    assert code == 0 and sorted(p.name for p in earlier.iterdir()) == [
         "annotations.jsonl", "manifest.jsonl", "ratio_hist.png", "summary.json"]
 
 
@@ -207,7 +212,7 @@ def test_full_disk_leaves_nothing(capsys, coco_root, tmp_path, monkeypatch):
     monkeypatch.setattr("spa_data.subsets.plot_histogram", no_space)
     out = tmp_path / "out"
     code, _, err = spa_data(capsys, *build_args(coco_root, out))
-    assert_one_line_error(code, err, "ratio_hist.png", "No space left on device")
+    assert_one_line_error(code, err, str(out / "ratio_hist.png"), "disk full")
     assert_nothing_written(out)
 
 

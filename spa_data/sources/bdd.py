@@ -46,8 +46,8 @@ from pycocotools import mask as mask_utils
 
 from spa_data.errors import SpaError
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
-from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_missing_images, clip_box, count_reasons,
-                                     encode_masks, image_size, load_json, polygons_to_rles)
+from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_image_size, check_missing_images, clip_box,
+                                     count_reasons, encode_masks, image_size, load_json, polygons_to_rles)
 
 BDD_CLASSES = ("pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
                "traffic light", "traffic sign")
@@ -241,9 +241,10 @@ def _frame_size(frame: dict, path: Path) -> Optional[tuple[int, int]]:
     if not size:
         return None
     try:
-        return int(size["width"]), int(size["height"])
-    except (KeyError, TypeError, ValueError):
+        width, height = size["width"], size["height"]
+    except (KeyError, TypeError):
         raise SpaError(f"{path}: frame {frame['name']}: size {size!r} is not {{width, height}}") from None
+    return check_image_size(width, height, f"{path}: frame {frame['name']}")
 
 
 def _record_size(item: BddItem) -> tuple[int, int]:

@@ -28,8 +28,8 @@ from pycocotools import mask as mask_utils
 
 from spa_data.errors import SpaError
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
-from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_missing_images, clip_box, count_reasons,
-                                     load_json, polygons_to_rles, require_dir, rle_to_json)
+from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_image_id, check_image_size, check_missing_images,
+                                     clip_box, count_reasons, load_json, polygons_to_rles, require_dir, rle_to_json)
 
 ANNOTATION_KINDS = ("instances", "person_keypoints")
 
@@ -74,6 +74,9 @@ class CocoSource:
     def items(self) -> list[CocoItem]:
         path = self.annotation_file
         data = load_json(path)
+        if not isinstance(data, dict):
+            raise SpaError(f"{path}: not a COCO annotation file (the top level is a JSON {type(data).__name__}, "
+                           "not an object with images, annotations and categories)")
         try:
             categories = sorted(data["categories"], key=lambda c: c["id"])
             images = data["images"]
@@ -99,9 +102,11 @@ class CocoSource:
         items, missing, root = [], Counter(), str(self.root)
         for img in images:
             try:
-                image_id, file_name, width, height = img["id"], img["file_name"], int(img["width"]), int(img["height"])
-            except (KeyError, TypeError, ValueError):
-                raise SpaError(f"{path}: image {img.get('id')!r}: missing or bad file_name, width or height") from None
+                image_id, file_name, width, height = img["id"], img["file_name"], img["width"], img["height"]
+            except (KeyError, TypeError):
+                raise SpaError(f"{path}: image {img.get('id')!r}: missing file_name, width or height") from None
+            check_image_id(image_id, str(path))
+            width, height = check_image_size(width, height, f"{path}: image {image_id!r}")
             rel = f"{self.split_dir}/{file_name}"
             if self.missing_images != "keep" and not os.path.isfile(os.path.join(root, rel)):
                 if self.missing_images == "error":

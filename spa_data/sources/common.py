@@ -31,6 +31,7 @@ BOX_CLIPPED = "box_clipped"
 POLYGON_UNDER_3_POINTS = "polygon_part_under_3_points"
 
 MISSING_IMAGE_POLICIES = ("error", "skip", "keep")
+MAX_SIDE = 65535        # the largest JPEG side; also keeps h * w within pycocotools' 32-bit run lengths
 
 
 def load_json(path: Path) -> Any:
@@ -56,6 +57,24 @@ def load_json(path: Path) -> Any:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpaError(f"{path}: malformed JSON ({e})") from None
+
+
+def check_image_size(width: Any, height: Any, where: str) -> tuple[int, int]:
+    """(width, height) as ints in 1..MAX_SIDE, else a SpaError naming ``where`` (before any mask is rasterised)."""
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError, OverflowError):
+        raise SpaError(f"{where}: width/height {width!r} x {height!r} are not integers") from None
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or (w, h) != (width, height):
+        raise SpaError(f"{where}: image size {width!r} x {height!r} is not two integers from 1 to {MAX_SIDE}")
+    return w, h
+
+
+def check_image_id(image_id: Any, where: str) -> Any:
+    """A string, or an integer that fits 64 bits (what the shards store), else a SpaError naming ``where``."""
+    if isinstance(image_id, str) or (type(image_id) is int and -2**63 <= image_id < 2**63):
+        return image_id
+    raise SpaError(f"{where}: image id {image_id!r} is neither a string nor an integer within 64 bits")
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -29,7 +29,8 @@ from PIL import Image
 
 from spa_data.errors import SpaError
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
-from spa_data.sources.common import check_missing_images, clip_box, count_reasons, encode_masks, image_size
+from spa_data.sources.common import (check_image_size, check_missing_images, clip_box, count_reasons, encode_masks,
+                                     image_size)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -100,7 +101,10 @@ class VocSource:
         objects, reasons, png_indices = [], [], []
         for k, obj in enumerate(tree.findall("object"), 1):
             where = f"{item.xml}: object {k}"
-            name = (obj.findtext("name") or "").strip()
+            name = obj.findtext("name")
+            if name is None or not name.strip():
+                raise SpaError(f"{where}: no <name> (the class of the object)")
+            name = name.strip()
             if name not in CLASS_INDEX:
                 raise SpaError(f"{where}: unknown class {name!r}")
             box, reason = clip_box(_voc_box(obj, where), width, height)
@@ -148,9 +152,9 @@ def _flag(obj: ET.Element, tag: str, where: str) -> bool:
 def _size(tree: ET.Element, item: VocItem) -> tuple[int, int]:
     size = tree.find("size")
     if size is not None:
-        width, height = (int(_number(size, t, item.xml)) if size.findtext(t) else 0 for t in ("width", "height"))
+        width, height = (_number(size, t, item.xml) if size.findtext(t) else 0 for t in ("width", "height"))
         if width > 0 and height > 0:
-            return width, height
+            return check_image_size(width, height, f"{item.xml}: <size>")
     return image_size(Path(item.image_path))
 
 
