@@ -15,6 +15,12 @@ Horizontal flip mirrors the image, boxes, masks and every grid about the vertica
 of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * max_stride``
 (<= canvas width): a mirror of grid columns, hence exact at every stride; IN-S content
 (64 px) stays at the upper left.
+
+Resize jitter (multi-scale training, :mod:`spa_data.jitter`): ``ds[(i, short_side)]`` lays
+sample ``i`` out at another fit geometry. The image is resized from its original on the
+device as always; boxes and masks are scaled from the originals; the selection labels are
+recomputed at the new layout by ``spa_data.labels`` with the shards' own settings (the code
+and coverage rule of ``spa-data labels``).
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from spa_data.errors import SpaError
 from spa_data.geometry import Geometry
-from spa_data.labels import threshold_code
+from spa_data.jitter import jittered_layout
+from spa_data.labels import selection_labels, threshold_code
 from spa_data.shards import ShardReader, load_index
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,10 +83,12 @@ class ShardDataset(Dataset):
 
     ``ds[i]`` is a dict: ``image`` uint8 (3, H, W) on the canonical canvas, ``image_id``,
     ``select`` {stride: float32 (H/stride, W/stride) of 0/1, positive iff coverage >
-    select_threshold}, ``image_size`` (h, w) of the content extent, and the task targets:
+    select_threshold}, ``image_size`` (h, w) of the content extent, ``original_size`` (h, w) of
+    the source image, and the task targets:
     cls ``label`` (int64), multilabel ``labels`` (float32 (num_classes,)), det ``boxes``
     float32 (K, 4) in pixels of ``image``, ``categories`` int64 (K,), ``iscrowd`` uint8 (K,)
     and ``masks`` uint8 (K, H, W) where the subset has masks (objects without one get their box).
+    ``ds[(i, short_side)]`` is sample ``i`` resized to that short side (see ``spa_data.jitter``).
     """
 
     def __init__(self, path: str | Path, *, select_threshold: float = 0.0, train: bool = False,
@@ -131,7 +140,7 @@ class ShardDataset(Dataset):
         k = int(np.searchsorted(self._starts, i, side="right") - 1)
         return self._reader(k).read(i - int(self._starts[k]), objects=self.task == "det")
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
         sample = self.encoded(i)
         sample["image"] = render_image(sample.pop("encoded"), sample.pop("image_format"), sample["orig_hw"],
                                        sample["resized_hw"], sample["canvas_hw"], sample["flip_width"])
@@ -139,9 +148,12 @@ class ShardDataset(Dataset):
             sample.pop(key)
         return sample
 
-    def encoded(self, i: int) -> dict:
+    def encoded(self, i: int | tuple[int, int]) -> dict:
         """Like ``ds[i]`` but with the image left as stored (``encoded``), for batched GPU decoding."""
+        i, short_side = i if isinstance(i, tuple) else (i, None)
         raw = self.raw(i)
+        if short_side is not None:
+            raw = self._relaid(raw, short_side)
         (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
         flip = self.hflip > 0 and torch.rand(()).item() < self.hflip
         fw = min(cw, math.ceil(rw / max(self.strides)) * max(self.strides)) if flip else 0
@@ -151,7 +163,7 @@ class ShardDataset(Dataset):
             select[s] = _flip_columns(grid, fw // s) if flip else grid
         out = {"image_id": raw["image_id"], "encoded": torch.from_numpy(np.asarray(raw["image"])),
                "image_format": raw["image_format"], "orig_hw": (h, w), "resized_hw": (rh, rw), "canvas_hw": (ch, cw),
-               "flip_width": fw, "select": select, "image_size": (rh, fw or rw)}
+               "flip_width": fw, "select": select, "image_size": (rh, fw or rw), "original_size": (h, w)}
         if self.task == "cls":
             out["label"] = torch.tensor(raw["label"], dtype=torch.int64)
         elif self.task == "multilabel":
@@ -159,6 +171,22 @@ class ShardDataset(Dataset):
         else:
             out.update(self._det_targets(raw, fw))
         return out
+
+    def _relaid(self, raw: dict, short_side: int) -> dict:
+        """``raw`` at the fit geometry of ``short_side``, its labels recomputed there."""
+        if self.task != "det":
+            raise SpaError(f"{self.path}: resize jitter needs detection shards, these are {self.task!r}")
+        h, w = raw["orig_hw"]
+        layout = jittered_layout(self.geometry, short_side, width=w, height=h)
+        (rw, rh), (cw, ch) = layout.resized, layout.canvas
+        if (rh, rw) == raw["resized_hw"] and (ch, cw) == raw["canvas_hw"]:
+            return raw
+        objects = [{"box": box.tolist(), "iscrowd": bool(crowd),
+                    "mask": {"size": [h, w], "counts": rle} if rle else None}
+                   for box, crowd, rle in zip(raw["boxes"], raw["iscrowd"], raw["rles"])]
+        select = selection_labels(objects, w, h, layout, self.strides, use_masks=self.index["use_masks"],
+                                  crowd=self.index["crowd"])
+        return {**raw, "resized_hw": (rh, rw), "canvas_hw": (ch, cw), "select": select}
 
     def _det_targets(self, raw: dict, flip_width: int) -> dict:
         (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
@@ -245,6 +273,7 @@ class Batch:
     targets: Any                               # cls: (B,) int64; multilabel: (B, K); det: list of dicts
     image_ids: list
     image_sizes: list[tuple[int, int]]         # (h, w) of each image's content extent
+    original_sizes: list[tuple[int, int]]      # (h, w) of each source image
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -278,6 +307,7 @@ class Collate:
                        for st in self.strides},
             "image_ids": [s["image_id"] for s in samples],
             "image_sizes": [tuple(s["image_size"]) for s in samples],
+            "original_sizes": [tuple(s["original_size"]) for s in samples],
             "batch_hw": (bh, bw),
         }
         if self.encoded:
@@ -322,7 +352,7 @@ def finish_batch(collated: dict, device: torch.device) -> Batch:
         images = collated["images"].to(device, non_blocking=True)
     return Batch(images=normalize(images), select=_to_device(collated["select"], device),
                  targets=_to_device(collated["targets"], device), image_ids=collated["image_ids"],
-                 image_sizes=collated["image_sizes"])
+                 image_sizes=collated["image_sizes"], original_sizes=collated["original_sizes"])
 
 
 class _EncodedView(Dataset):
@@ -334,7 +364,7 @@ class _EncodedView(Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
         return self.ds.encoded(i)
 
 
@@ -393,16 +423,22 @@ def _tensors(x: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-def make_loader(ds: ShardDataset, *, batch_size: int, shuffle: bool = False, sampler=None, num_workers: int = 0,
+def make_loader(ds: ShardDataset, *, batch_size: int = 1, shuffle: bool = False, sampler=None, num_workers: int = 0,
                 device: str | torch.device = "cpu", drop_last: bool = False, multiprocessing_context=None,
-                prefetch: bool = True, generator: Optional[torch.Generator] = None) -> ShardLoader:
-    """Batches of ``ds`` on ``device`` (the GPU path when ``device`` is CUDA)."""
+                prefetch: bool = True, generator: Optional[torch.Generator] = None,
+                batch_sampler=None) -> ShardLoader:
+    """Batches of ``ds`` on ``device`` (the GPU path when ``device`` is CUDA).
+
+    ``batch_sampler`` (lists of indices, or of ``(index, short_side)`` for resize jitter) replaces
+    ``batch_size``, ``shuffle``, ``sampler`` and ``drop_last``.
+    """
     device = torch.device(device)
     gpu = device.type == "cuda"
+    batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {
+        "batch_size": batch_size, "shuffle": shuffle and sampler is None, "sampler": sampler, "drop_last": drop_last}
     loader = DataLoader(
-        _EncodedView(ds) if gpu else ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
-        sampler=sampler, num_workers=num_workers, collate_fn=Collate(ds.task, ds.strides, encoded=gpu),
-        pin_memory=gpu, drop_last=drop_last, persistent_workers=num_workers > 0,
+        _EncodedView(ds) if gpu else ds, **batching, num_workers=num_workers,
+        collate_fn=Collate(ds.task, ds.strides, encoded=gpu), pin_memory=gpu, persistent_workers=num_workers > 0,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, generator=generator)
     return ShardLoader(loader, device, prefetch)
