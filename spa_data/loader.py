@@ -24,6 +24,7 @@ and coverage rule of ``spa-data labels``).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,10 +255,14 @@ def render_images(encoded: list[torch.Tensor], image_format: str, orig_hw: list,
             [decoded[b] for b in members])
         if (rh, rw) != (h, w):
             x = resize(x, [rh, rw], antialias=True)
-        idx = torch.tensor(members, device=device)
-        canvas[idx, :, :rh, :rw] = x
         if fw:
-            canvas[idx, :, :, :fw] = canvas[idx, :, :, :fw].flip(-1)
+            x = F.pad(x, (0, fw - rw)).flip(-1)   # the content mirrored within [0, fw)
+        # slices, not an index tensor: its host-to-device copy would make the host wait for the decode
+        runs = [members] if members == list(range(members[0], members[-1] + 1)) else [[b] for b in members]
+        start = 0
+        for run in runs:
+            canvas[run[0]:run[-1] + 1, :, :rh, :max(rw, fw)] = x[start:start + len(run)]
+            start += len(run)
     return canvas
 
 
@@ -278,9 +283,15 @@ class Batch:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 normalised with ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constants, copied to ``device`` once (each copy would make the host wait for the device)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
 
 def _batch_hw(samples: list[dict], strides: list[int]) -> tuple[int, int]:

@@ -255,17 +255,19 @@ class Trainer:
 
     def _optimizer_step(self, accum: "StepAccumulator") -> dict[str, float]:
         pos = self.position
-        flags = torch.tensor([float(self.stop_requested)], device=self.device)
-        loss, task_loss, select_loss, count, stop = all_reduce_sum(torch.cat([accum.values, flags]), self.info).tolist()
+        # one host sync per step: the clip runs on the device first, and every value comes in one read
+        grad_norm = accum.values.new_full((1,), math.nan)
+        if self.config.clip_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm).reshape(1)
+        flags = accum.values.new_full((1,), float(self.stop_requested))
+        reduced = all_reduce_sum(torch.cat([accum.values, flags]), self.info)
+        loss, task_loss, select_loss, count, stop, grad_norm = torch.cat([reduced, grad_norm.float()]).tolist()
         if not math.isfinite(loss):
             raise SpaError(f"non-finite loss ({loss}) at step {pos.step + 1} (epoch {pos.epoch + 1}): "
                            f"training stopped; "
                            f"the last good checkpoint is {self.run_dir / 'last.pt'}"
                            + ("" if (self.run_dir / "last.pt").is_file() else " (none written yet)"))
         self.stop_requested = stop > 0
-        grad_norm = math.nan
-        if self.config.clip_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm))
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()

@@ -9,15 +9,16 @@ import torch
 from spa_train.config import TrainConfig
 
 
+NO_DECAY = ("relative_position_bias_table",)  # Swin's recipes (classification and detection) exempt these tables
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norms and tables named by ``model.no_weight_decay()`` get no decay (Swin recipe)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    """AdamW; biases, norms (every 1-D tensor) and the tables in ``NO_DECAY`` get no weight decay."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        (no_decay if param.ndim <= 1 or name in skip or leaf in skip else decay).append(param)
+        (no_decay if param.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
