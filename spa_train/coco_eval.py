@@ -1,7 +1,7 @@
 """COCO-style detection evaluation with pycocotools, on exactly the evaluated images.
 
 Ground truth and detections are added image by image at one ``size`` (the trainer uses the
-original image size, see docs/design.md "Detection evaluation"). Masks may lie on a canvas
+original image size, see docs/design.md "Detection and training recipes"). Masks may lie on a canvas
 larger than the image (the loader's padded canvas): they are cropped to its top-left ``size``
 first, because pycocotools gives IoU -1 (never a match) to RLEs of different sizes. Category
 indices are mapped back to the dataset's original category ids when it has them (COCO), else to

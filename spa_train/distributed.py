@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
+from spa_data.jitter import draw_short_sides
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -127,8 +129,6 @@ class RunBatchSampler(Sampler[list]):
         self.epoch, self.consumed = epoch, consumed
 
     def __iter__(self) -> Iterator[list]:
-        from spa_data.jitter import draw_short_sides
-
         for epoch in range(self.epoch, self.epochs):
             skip = self.consumed * self.batch_size if epoch == self.epoch else 0
             self.sampler.set_epoch(epoch, start=skip)

@@ -51,7 +51,7 @@ class Detector(nn.Module):
     Each image is its content crop ``image_sizes`` of the canvas. In eval, predictions are mapped
     to ``original_sizes`` (boxes scaled, masks pasted there) by torchvision's own postprocess, as
     GeneralizedRCNN does after its resize: predictions and the dataset's annotations then share
-    one frame (docs/design.md, "Detection evaluation").
+    one frame (docs/design.md, "Detection and training recipes").
     """
 
     def __init__(self, backbone: nn.Module, *, num_classes: int, masks: bool, oracle_selection: bool,

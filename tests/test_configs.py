@@ -9,8 +9,6 @@ import pytest
 import torch
 
 import spa_model
-from cli.data import main as spa_data
-from cli.train import main as spa_train
 from spa_train.config import resolve_config
 from spa_train.tasks import SELECTOR_NAMES
 
@@ -40,27 +38,15 @@ def test_config_resolves_and_says_where_each_setting_comes_from(path):
     assert (model.cfg.spa is not None) == config.model.startswith("spt")
 
 
-@pytest.fixture(scope="module")
-def coco_s(demo_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("coco-s")
-    spa_data(["build", "coco-s", "--root", str(demo_root / "coco"), "--split", "val", "--out", str(out / "subset")])
-    spa_data(["labels", str(out / "subset"), "--size", "96,64"])
-    return out / "subset"
-
-
-def test_spa_train_runs_a_paper_config(coco_s, tmp_path, capsys):
+def test_spa_train_runs_a_paper_config(spa_train_cli, coco_s_demo, tmp_path):
     # the COCO-S recipe as given (36-epoch step schedule, multi-scale, threshold 0.01), shrunk to run here
     args = ["--config", str(next(p for p in CONFIGS if p.parent.name == "coco-s" and p.stem == "spt_tiny")),
-            "--shards", str(coco_s), "--val-shards", str(coco_s), "--out", str(tmp_path / "run"),
+            "--shards", str(coco_s_demo), "--val-shards", str(coco_s_demo), "--out", str(tmp_path / "run"),
             "pretrained=none", "model_args.embed_dim=8", "model_args.depths=[1, 1, 2, 2]",
             "model_args.num_heads=[1, 1, 2, 2]", "multiscale=[48, 64]", "fpn_channels=16", "mask_head_channels=8",
             "max_steps=2", "num_workers=0", "progress=false", "curves=false"]
-    try:
-        spa_train(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    assert code == 0, capsys.readouterr().err
+    code, _, err = spa_train_cli(args)
+    assert code == 0, err
     saved = resolve_config(tmp_path / "run" / "config.yaml")
     assert (saved.lr_schedule, saved.lr_steps, saved.multiscale) == ("step", (27, 33), (48, 64))
     assert saved.model_args == {"drop_path_rate": 0.2, "threshold": 0.01, "embed_dim": 8, "depths": [1, 1, 2, 2],

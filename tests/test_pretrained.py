@@ -12,8 +12,6 @@ import torch
 from torchvision.models.swin_transformer import SwinTransformer as TorchvisionSwin
 
 import spa_model
-from cli.data import main as spa_data
-from cli.train import main as spa_train
 from spa_data.errors import SpaError
 from spa_model.weights import load_pretrained
 
@@ -79,36 +77,18 @@ def test_shape_mismatch_names_the_tensor(swin_t_file):
         load_pretrained(spa_model.create_model("swin_tiny", **{**TINY, "embed_dim": 16}), str(swin_t_file))
 
 
-@pytest.fixture(scope="module")
-def coco_shards(demo_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("coco-s")
-    spa_data(["build", "coco-s", "--root", str(demo_root / "coco"), "--split", "val", "--out", str(out / "subset")])
-    spa_data(["labels", str(out / "subset"), "--size", "96,64"])
-    return out / "subset"
-
-
-def _run(capsys, args) -> tuple[int, str, str]:
-    try:
-        spa_train(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_spa_train_starts_a_detector_from_a_torchvision_file(capsys, coco_shards, swin_t_file, tmp_path):
+def test_spa_train_starts_a_detector_from_a_torchvision_file(spa_train_cli, coco_s_demo, swin_t_file, tmp_path):
     def args(run: str, model_args: dict) -> list[str]:
-        return ["--shards", str(coco_shards), "--task", "det", "--model", "spt_tiny", "--out", str(tmp_path / run),
+        return ["--shards", str(coco_s_demo), "--task", "det", "--model", "spt_tiny", "--out", str(tmp_path / run),
                 f"model_args={model_args}", f"pretrained={swin_t_file}", "batch_size=2", "max_steps=1",
                 "num_workers=0", "progress=false", "curves=false", "fpn_channels=16", "mask_head_channels=8"]
 
-    code, out, err = _run(capsys, args("run", TINY))
+    code, out, err = spa_train_cli(args("run", TINY))
     assert code == 0, err
     assert f"pretrained {swin_t_file}: loaded 93 tensors" in out
     assert "missing (kept as initialised) 12: stages.*.entry_gate.* x4, stages.*.blocks.*.gate x8" in out
     assert "unexpected (ignored) 2: head x2" in out
 
-    code, out, err = _run(capsys, args("bad", {**TINY, "embed_dim": 16}))
+    code, out, err = spa_train_cli(args("bad", {**TINY, "embed_dim": 16}))
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "patch_embed.proj.weight has shape (8, 3, 4, 4)" in err
