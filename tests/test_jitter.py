@@ -19,7 +19,7 @@ from cli.data import main as spa_data
 from spa_data.errors import SpaError
 from spa_data.geometry import Geometry
 from spa_data.jitter import check_short_sides, draw_short_sides
-from spa_data.loader import ShardDataset
+from spa_data.loader import Collate, ShardDataset, finish_batch, make_loader
 from spa_train.distributed import DistInfo, ResumableSampler, RunBatchSampler
 
 
@@ -125,3 +125,25 @@ def test_run_batches_span_epochs_and_resume_exactly():
     # resumed in epoch 1 after 2 of its batches: the same batches, the same draws
     assert _batches(make(), start=(1, 2)) == whole[7:]
     assert sides[:20] == draw_short_sides((480, 512, 544, 576, 608), 20, seed=3, epoch=0, rank=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_batched_decode_path_lays_out_jittered_flipped_images_as_the_per_sample_path(fixtures_dir, tmp_path,
+                                                                                          device):
+    """The GPU path's code (stored bytes decoded and resized as a batch; on the CPU too) against ds[i]."""
+    spa_data(["build", "coco", "--root", str(fixtures_dir / "coco/val-2img"), "--split", "val",
+              "--out", str(tmp_path / "subset")])
+    spa_data(["labels", str(tmp_path / "subset")])
+    dataset = ShardDataset(tmp_path / "subset" / "shards", train=True, hflip=1.0)
+    picks = [[(0, 480), (1, 800)], [(1, 544), (0, 544)]]      # mixed sizes, then one size for both
+    per_sample = list(make_loader(dataset, batch_sampler=picks))
+    batched = [finish_batch(Collate(dataset.task, dataset.strides, encoded=True)([dataset.encoded(k) for k in pick]),
+                            torch.device(device)) for pick in picks]
+    for x, y in zip(per_sample, batched):
+        assert x.image_sizes == y.image_sizes and x.images.shape == y.images.shape
+        tolerance = 0.0 if device == "cpu" else 0.1           # nvJPEG and libjpeg differ by a few levels
+        assert (x.images - y.images.cpu()).abs().mean() <= tolerance
+        for s in x.select:
+            assert torch.equal(x.select[s], y.select[s].cpu())
+        for a, b in zip(x.targets, y.targets):
+            assert all(torch.equal(a[k], b[k].cpu()) for k in a)
