@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--fixtures", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="results (JSON and table) go here")
     parser.add_argument("--work", type=Path, help="shards go here; default: a temporary folder")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--only", nargs="*", help="dataset names (coco bdd voc in-s)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and 4 steps (CPU smoke run)")

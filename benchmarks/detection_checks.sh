@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's GPU checks in one device call (about 5 minutes on one H200; results only under OUT_DIR):
+# Issue 13's GPU checks in one device call (about 6 minutes on one H200; results only under OUT_DIR):
 #   bash benchmarks/detection_checks.sh OUT_DIR [part ...]      parts: tests selection trainer (default: all)
 # tests:     overfit real COCO / BDD100K fixture images to box and mask AP (tests/test_detection_gpu.py),
 #            jittered batches decoded on the GPU (tests/test_jitter.py)
