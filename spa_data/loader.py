@@ -15,10 +15,17 @@ Horizontal flip mirrors the image, boxes, masks and every grid about the vertica
 of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * max_stride``
 (<= canvas width): a mirror of grid columns, hence exact at every stride; IN-S content
 (64 px) stays at the upper left.
+
+Resize jitter (multi-scale training, :mod:`spa_data.jitter`): ``ds[(epoch, i, short_side)]`` lays
+sample ``i`` out at another fit geometry. The image is resized from its original on the
+device as always; boxes and masks are scaled from the originals; the selection labels are
+recomputed at the new layout by ``spa_data.labels`` with the shards' own settings (the code
+and coverage rule of ``spa-data labels``).
 """
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import math
 import signal
@@ -35,8 +42,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from spa_data.errors import SpaError
 from spa_data.geometry import Geometry
-from spa_data.labels import threshold_code
 from spa_data.images import decoder_message
+from spa_data.jitter import jittered_layout
+from spa_data.labels import selection_labels, threshold_code
 from spa_data.shards import ShardReader, load_index, open_listed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,10 +90,12 @@ class ShardDataset(Dataset):
 
     ``ds[i]`` is a dict: ``image`` uint8 (3, H, W) on the canonical canvas, ``image_id``,
     ``select`` {stride: float32 (H/stride, W/stride) of 0/1, positive iff coverage >
-    select_threshold}, ``image_size`` (h, w) of the content extent, and the task targets:
+    select_threshold}, ``image_size`` (h, w) of the content extent, ``original_size`` (h, w) of
+    the source image, and the task targets:
     cls ``label`` (int64), multilabel ``labels`` (float32 (num_classes,)), det ``boxes``
     float32 (K, 4) in pixels of ``image``, ``categories`` int64 (K,), ``iscrowd`` uint8 (K,)
     and ``masks`` uint8 (K, H, W) where the subset has masks (objects without one get their box).
+    ``ds[(epoch, i, short_side)]`` is sample ``i`` resized to that short side (see ``spa_data.jitter``).
     """
 
     def __init__(self, path: str | Path, *, select_threshold: float = 0.0, train: bool = False,
@@ -145,8 +155,9 @@ class ShardDataset(Dataset):
         key = struct.pack("<4Q", *(v % 2**64 for v in (self.seed, epoch, i, k)))
         return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample ``key``: an index (drawn as in epoch 0), or ``(epoch, index)``."""
+    def __getitem__(self, key: int | tuple) -> dict:
+        """Sample ``key``: an index (drawn as in epoch 0), ``(epoch, index)``, or
+        ``(epoch, index, short_side)`` (resize jitter: laid out with that short side)."""
         sample = self.encoded(key)
         try:
             sample["image"] = render_image(sample.pop("encoded"), sample.pop("image_format"), sample["orig_hw"],
@@ -157,10 +168,12 @@ class ShardDataset(Dataset):
             sample.pop(name)
         return sample
 
-    def encoded(self, key: int | tuple[int, int]) -> dict:
+    def encoded(self, key: int | tuple) -> dict:
         """Like ``ds[key]`` but with the image left as stored (``encoded``), for batched GPU decoding."""
-        epoch, i = (0, key) if isinstance(key, (int, np.integer)) else key
-        raw = self.raw(int(i))
+        epoch, i, short_side = sample_key(key)
+        raw = self.raw(i)
+        if short_side is not None:
+            raw = self._relaid(raw, short_side)
         (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
         flip = self.hflip > 0 and self.draw(int(epoch), int(i)) < self.hflip
         fw = min(cw, math.ceil(rw / max(self.strides)) * max(self.strides)) if flip else 0
@@ -170,7 +183,8 @@ class ShardDataset(Dataset):
             select[s] = _flip_columns(grid, fw // s) if flip else grid
         out = {"image_id": raw["image_id"], "encoded": torch.from_numpy(np.asarray(raw["image"])),
                "image_format": raw["image_format"], "orig_hw": (h, w), "resized_hw": (rh, rw), "canvas_hw": (ch, cw),
-               "flip_width": fw, "select": select, "image_size": (rh, fw or rw), "where": raw["where"]}
+               "flip_width": fw, "select": select, "image_size": (rh, fw or rw), "original_size": (h, w),
+               "where": raw["where"]}
         if self.task == "cls":
             out["label"] = torch.tensor(raw["label"], dtype=torch.int64)
         elif self.task == "multilabel":
@@ -178,6 +192,22 @@ class ShardDataset(Dataset):
         else:
             out.update(self._det_targets(raw, fw))
         return out
+
+    def _relaid(self, raw: dict, short_side: int) -> dict:
+        """``raw`` at the fit geometry of ``short_side``, its labels recomputed there."""
+        if self.task != "det":
+            raise SpaError(f"{self.path}: resize jitter needs detection shards, these are {self.task!r}")
+        h, w = raw["orig_hw"]
+        layout = jittered_layout(self.geometry, short_side, width=w, height=h)
+        (rw, rh), (cw, ch) = layout.resized, layout.canvas
+        if (rh, rw) == raw["resized_hw"] and (ch, cw) == raw["canvas_hw"]:
+            return raw
+        objects = [{"box": box.tolist(), "iscrowd": bool(crowd),
+                    "mask": {"size": [h, w], "counts": rle} if rle else None}
+                   for box, crowd, rle in zip(raw["boxes"], raw["iscrowd"], raw["rles"])]
+        select = selection_labels(objects, w, h, layout, self.strides, use_masks=self.index["use_masks"],
+                                  crowd=self.index["crowd"])
+        return {**raw, "resized_hw": (rh, rw), "canvas_hw": (ch, cw), "select": select}
 
     def _det_targets(self, raw: dict, flip_width: int) -> dict:
         (h, w), (rh, rw), (ch, cw) = raw["orig_hw"], raw["resized_hw"], raw["canvas_hw"]
@@ -245,10 +275,14 @@ def render_images(encoded: list[torch.Tensor], image_format: str, orig_hw: list,
             [decoded[b] for b in members])
         if (rh, rw) != (h, w):
             x = resize(x, [rh, rw], antialias=True)
-        idx = torch.tensor(members, device=device)
-        canvas[idx, :, :rh, :rw] = x
         if fw:
-            canvas[idx, :, :, :fw] = canvas[idx, :, :, :fw].flip(-1)
+            x = F.pad(x, (0, fw - rw)).flip(-1)   # the content mirrored within [0, fw)
+        # slices, not an index tensor: its host-to-device copy would make the host wait for the decode
+        runs = [members] if members == list(range(members[0], members[-1] + 1)) else [[b] for b in members]
+        start = 0
+        for run in runs:
+            canvas[run[0]:run[-1] + 1, :, :rh, :max(rw, fw)] = x[start:start + len(run)]
+            start += len(run)
     return canvas
 
 
@@ -264,13 +298,20 @@ class Batch:
     targets: Any                               # cls: (B,) int64; multilabel: (B, K); det: list of dicts
     image_ids: list
     image_sizes: list[tuple[int, int]]         # (h, w) of each image's content extent
+    original_sizes: list[tuple[int, int]]      # (h, w) of each source image
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 normalised with ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constants, copied to ``device`` once (each copy would make the host wait for the device)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
 
 def _batch_hw(samples: list[dict], strides: list[int]) -> tuple[int, int]:
@@ -300,6 +341,7 @@ class Collate:
                        for st in self.strides},
             "image_ids": [s["image_id"] for s in samples],
             "image_sizes": [tuple(s["image_size"]) for s in samples],
+            "original_sizes": [tuple(s["original_size"]) for s in samples],
             "batch_hw": (bh, bw),
         }
         if self.encoded:
@@ -351,7 +393,7 @@ def finish_batch(collated: dict, device: torch.device) -> Batch:
         images = collated["images"].to(device, non_blocking=True)
     return Batch(images=normalize(images), select=_to_device(collated["select"], device),
                  targets=_to_device(collated["targets"], device), image_ids=collated["image_ids"],
-                 image_sizes=collated["image_sizes"])
+                 image_sizes=collated["image_sizes"], original_sizes=collated["original_sizes"])
 
 
 def _undecodable(collated: dict, device: torch.device) -> str:
@@ -369,6 +411,15 @@ def decode_jpeg_rgb(encoded: torch.Tensor, device: torch.device) -> torch.Tensor
     from torchvision.io import ImageReadMode, decode_jpeg
 
     return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+
+
+def sample_key(key: int | tuple) -> tuple[int, int, int | None]:
+    """(epoch, index, short_side or None) of a dataset key: an index, ``(epoch, index)`` or
+    ``(epoch, index, short_side)``."""
+    if isinstance(key, (int, np.integer)):
+        return 0, int(key), None
+    epoch, i, *short_side = key
+    return int(epoch), int(i), (int(short_side[0]) if short_side else None)
 
 
 class _Reported(Dataset):
@@ -468,24 +519,31 @@ def _tensors(x: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-def make_loader(ds: ShardDataset, *, batch_size: int, shuffle: bool = False, sampler=None, num_workers: int = 0,
+def make_loader(ds: ShardDataset, *, batch_size: int = 1, shuffle: bool = False, sampler=None, num_workers: int = 0,
                 device: str | torch.device = "cpu", drop_last: bool = False, multiprocessing_context=None,
-                prefetch: bool = True, generator: Optional[torch.Generator] = None) -> ShardLoader:
+                prefetch: bool = True, generator: Optional[torch.Generator] = None,
+                batch_sampler=None) -> ShardLoader:
     """Batches of ``ds`` on ``device`` (the GPU path when ``device`` is CUDA).
 
-    With random augmentation (``ds.hflip > 0``) the indices travel as ``(epoch, index)`` keys
-    (see ``EpochKeys``). Workers leave SIGINT/SIGTERM to the main process; ``close()`` (or
-    the end of the program) shuts them down.
+    ``batch_sampler`` (lists of dataset keys: ``(epoch, index)``, or ``(epoch, index, short_side)``
+    for resize jitter) replaces ``batch_size``, ``shuffle``, ``sampler`` and ``drop_last``. Otherwise,
+    with random augmentation (``ds.hflip > 0``) the indices travel as ``(epoch, index)`` keys (see
+    ``EpochKeys``). Workers leave SIGINT/SIGTERM to the main process; ``close()`` (or the end of the
+    program) shuts them down.
     """
     device = torch.device(device)
     gpu = device.type == "cuda"
-    if sampler is None:
-        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
-    if ds.hflip > 0:
-        sampler = EpochKeys(sampler)
+    if batch_sampler is not None:
+        batching = {"batch_sampler": batch_sampler}
+    else:
+        if sampler is None:
+            sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+        if ds.hflip > 0:
+            sampler = EpochKeys(sampler)
+        batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
     loader = DataLoader(
-        _Reported(ds, encoded=gpu), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=Collate(ds.task, ds.strides, encoded=gpu), pin_memory=gpu, drop_last=drop_last,
+        _Reported(ds, encoded=gpu), **batching, num_workers=num_workers,
+        collate_fn=Collate(ds.task, ds.strides, encoded=gpu), pin_memory=gpu,
         persistent_workers=num_workers > 0, worker_init_fn=_leave_signals_to_main if num_workers > 0 else None,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, generator=generator)

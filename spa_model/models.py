@@ -49,7 +49,7 @@ from .budget import TokenBudget
 from .packed_attention import packed_attention, scatter_add_rows, slot_rows
 from .packing import PackPlan, max_containers, plan_packing
 from .selection import (AllSelector, GumbelSelector, OracleSelector, SelectionState, Selector,
-                        TopKSelector)
+                        TopKSelector, prior_logit)
 
 __all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "BlockSelection", "SpaBlock", "SwinStage",
            "SwinTransformer", "register_model", "create_model", "list_models"]
@@ -63,6 +63,7 @@ class SpaConfig:
     spa_blocks: tuple[int, ...] | None = None  # blocks (0-based over all stages); None: all of spa_stages
     selector: str = "gumbel"                  # gumbel | topk | gt | all (spa_model.selection)
     threshold: float = 0.01                   # gumbel: keep iff sigmoid((s + g) / tau) > threshold
+    gate_prior: float | None = None           # gate biases start where training keeps this share; None: 0 (paper)
     tau: float = 1.0
     stochastic_eval: bool = False             # gumbel: sample noise in eval too
     keep_ratio: float = 0.5                   # topk
@@ -307,6 +308,11 @@ class SwinTransformer(nn.Module):
         self.norm = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
+        if cfg.spa is not None and cfg.spa.gate_prior is not None:  # RetinaNet-style bias prior
+            bias = prior_logit(cfg.spa.gate_prior, threshold=cfg.spa.threshold, tau=cfg.spa.tau)
+            for gate in [m.gate for m in self.modules() if isinstance(m, SpaBlock)] + \
+                    [stage.entry_gate[1] for stage in self.stages if stage.entry_gate is not None]:
+                nn.init.constant_(gate.bias, bias)
 
     @property
     def label_strides(self) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Selection", "Selector", "GumbelSelector", "TopKSelector", "OracleSelector", "AllSelector",
-           "SELECTORS", "SelectionState", "gumbel_sigmoid", "labels_on_grid", "selection_loss"]
+           "SELECTORS", "SelectionState", "gumbel_sigmoid", "prior_logit", "labels_on_grid", "selection_loss"]
 
 
 @dataclass
@@ -63,6 +63,18 @@ def _logit(p: float) -> float:
     if p <= 0:
         return -math.inf
     return math.inf if p >= 1 else math.log(p / (1 - p))
+
+
+def prior_logit(share: float, *, threshold: float, tau: float) -> float:
+    """The score at which training's Gumbel selection keeps a token with probability ``share``.
+
+    keep iff (s + g) / tau > logit(threshold), g ~ Gumbel(0, 1): P(keep) = 1 - exp(-exp(s - t)) with
+    t = tau * logit(threshold), so s = t + log(-log(1 - share)). Gates whose bias starts there
+    (weights near 0) start by selecting about ``share`` of the tokens (docs/design.md, "Gate prior").
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"gate_prior {share}: the initial selected share must be in (0, 1)")
+    return tau * math.log(threshold / (1.0 - threshold)) + math.log(-math.log1p(-share))
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """COCO-style detection evaluation with pycocotools, on exactly the evaluated images.
 
-The ground truth is built in memory from the shard targets (boxes and masks at the shard's
-canonical geometry, where the predictions live too), so small/medium/large areas are
-measured at that geometry. Category indices are mapped back to the dataset's original
-category ids when it has them (COCO), else to ``index + 1``. ``params.imgIds`` is restricted
-to the images seen, so images outside the subset never count as misses. Box areas are the
-box area, mask areas the RLE pixel count (the subset files carry no polygon areas).
+Ground truth and detections are added image by image at one ``size`` (the trainer uses the
+original image size, see docs/design.md "Detection and training recipes"). Masks may lie on a canvas
+larger than the image (the loader's padded canvas): they are cropped to its top-left ``size``
+first, because pycocotools gives IoU -1 (never a match) to RLEs of different sizes. Category
+indices are mapped back to the dataset's original category ids when it has them (COCO), else to
+``index + 1``. ``params.imgIds`` is restricted to the images seen, so images outside the subset
+never count as misses. Box areas are the box area, mask areas the RLE pixel count (the subset
+files carry no polygon areas).
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 class CocoEvaluator:
     """Collects ground truth and detections image by image, then runs COCOeval.
 
-    ``add(image_id, target, prediction)``: ``target`` has ``boxes`` (K, 4) xyxy, ``categories``
-    (K,) 0-based, optional ``masks`` (K, H, W) uint8 and ``iscrowd`` (K,); ``prediction`` has
-    torchvision's ``boxes``, ``labels`` (1-based), ``scores`` and optional ``masks`` (N, 1, H, W)
-    probabilities (binarised at 0.5).
+    ``add(image_id, target, prediction, size=(h, w))``: ``target`` has ``boxes`` (K, 4) xyxy,
+    ``categories`` (K,) 0-based, optional ``masks`` (K, H, W) uint8 and ``iscrowd`` (K,);
+    ``prediction`` has torchvision's ``boxes``, ``labels`` (1-based), ``scores`` and optional
+    ``masks`` (N, 1, H, W) probabilities (binarised at 0.5). H, W >= size: larger canvases are
+    cropped to the image; smaller masks are a ValueError.
     """
 
     def __init__(self, *, num_classes: int, category_ids: Optional[Sequence[int]] = None,
@@ -43,12 +46,14 @@ class CocoEvaluator:
         coco_id = len(self.images) + 1  # dataset ids may be strings (BDD): COCO needs ints
         height, width = size
         self.images.append({"id": coco_id, "source_id": image_id, "height": height, "width": width})
+        segm = "segm" in self.iou_types
+        gt_masks = _on_image(target.get("masks"), size, image_id=image_id, what="ground-truth") if segm else None
+        dt_masks = _on_image(_binarise(prediction.get("masks")), size, image_id=image_id,
+                             what="predicted") if segm else None
         self.gt.extend(_annotations(coco_id, target["boxes"], target["categories"], self.category_ids,
-                                    masks=target.get("masks") if "segm" in self.iou_types else None,
-                                    iscrowd=target.get("iscrowd")))
+                                    masks=gt_masks, iscrowd=target.get("iscrowd")))
         self.dt.extend(_annotations(coco_id, prediction["boxes"], prediction["labels"] - 1, self.category_ids,
-                                    masks=_binarise(prediction.get("masks")) if "segm" in self.iou_types else None,
-                                    scores=prediction["scores"]))
+                                    masks=dt_masks, scores=prediction["scores"]))
 
     def state(self) -> dict:
         """Picklable contents, to gather from every rank (see ``merge``)."""
@@ -128,3 +133,14 @@ def _encode(masks: torch.Tensor) -> list[dict]:
 
 def _binarise(masks: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if masks is None else (masks[:, 0] > 0.5)
+
+
+def _on_image(masks: Optional[torch.Tensor], size: tuple[int, int], *, image_id, what: str) -> Optional[torch.Tensor]:
+    """(K, H, W) masks cropped to the image's ``size``, its top-left corner of the canvas."""
+    if masks is None:
+        return None
+    height, width = size
+    if masks.shape[-2] < height or masks.shape[-1] < width:
+        raise ValueError(f"image {image_id!r}: {what} masks are {masks.shape[-2]}x{masks.shape[-1]}, "
+                         f"smaller than the image ({height}x{width})")
+    return masks[..., :height, :width]

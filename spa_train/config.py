@@ -36,6 +36,7 @@ TASKS = ("cls", "multilabel", "det")
 SELECTORS = ("spa", "topk", "gt", "all")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "off")
+LR_SCHEDULES = ("cosine", "step")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainConfig:
     model: str = "spt_tiny"                 # a spa_model.create_model name
     selector: str = "spa"                   # spa | topk | gt | all (SPT only; Swin has no selector)
     model_args: dict = field(default_factory=dict)   # extra create_model keyword overrides
+    pretrained: Optional[str] = None        # backbone start: a torchvision weights name (Swin_T_Weights.IMAGENET1K_V1)
+                                            # or a file (torchvision or official Swin state dict); None: random
     shards: str = ""                        # training shards (DIR or DIR/shards)
     val_shards: Optional[str] = None        # validation shards; None: no validation
     out: str = "runs/spa"                   # run directory
@@ -61,6 +64,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: Optional[int] = None      # linear warm-up; None: 5% of the schedule
+    lr_schedule: str = "cosine"             # cosine (to min_lr) | step (x0.1 after each epoch in lr_steps)
+    lr_steps: tuple[int, ...] = ()          # step schedule: epochs after which the lr drops (Swin's 3x: 27, 33)
     clip_grad_norm: Optional[float] = 5.0   # None: no clipping
     label_smoothing: float = 0.0            # cls only
     alpha: float = 0.01                     # weight of the selection loss (paper: 0.01)
@@ -74,6 +79,8 @@ class TrainConfig:
     # data
     select_threshold: float = 0.0           # cell positive iff object coverage > this
     hflip: float = 0.5                      # training flip probability
+    multiscale: tuple[int, ...] = ()        # resize jitter: training short sides drawn per image (fit geometry,
+                                            # long side capped as the shards'); (): the shards' size only
     num_workers: int = 2
     eval_batch_size: Optional[int] = None   # per-rank; None: the per-rank training micro-batch
 
@@ -98,6 +105,12 @@ class TrainConfig:
         _check_choice("selector", self.selector, SELECTORS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule == "step" and not self.lr_steps:
+            raise SpaError("config: lr_schedule step needs lr_steps (epochs after which the lr drops)")
+        for name in ("lr_steps", "multiscale"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise SpaError(f"config: {name} must hold positive integers, got {list(getattr(self, name))}")
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_interval", "eval_interval"):
             if getattr(self, name) < 1:
                 raise SpaError(f"config: {name} must be >= 1, got {getattr(self, name)}")
@@ -123,7 +136,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
+        for name in ("betas", "lr_steps", "multiscale"):
+            d[name] = list(d[name])
         return d
 
 
@@ -244,6 +258,10 @@ def coerce(value: Any, annotation: Any, *, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return coerce(value, inner, key=key)
+    if origin is tuple and args[-1:] == (Ellipsis,):
+        if not isinstance(value, (list, tuple)):
+            raise SpaError(f"config key {key!r}: expected a list, got {value!r}")
+        return tuple(coerce(v, args[0], key=key) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise SpaError(f"config key {key!r}: expected {len(args)} values, got {value!r}")

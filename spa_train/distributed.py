@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
+from spa_data.jitter import draw_short_sides
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -103,6 +105,45 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+class RunBatchSampler(Sampler[list]):
+    """A training run's micro-batches, epoch after epoch, for ONE DataLoader iterator per run.
+
+    Epoch e yields the first ``batches_per_epoch`` batches of ``sampler``'s order for e (batches
+    never straddle epochs), so persistent workers keep loading across epoch ends instead of
+    draining and restarting. ``start_at(epoch, consumed)`` places the next iteration (resume).
+    Items are dataset keys ``(epoch, index)`` (a sample's random draws depend on them alone), with
+    ``short_sides`` ``(epoch, index, short_side)``, the sides drawn here in the main
+    process by ``spa_data.jitter.draw_short_sides`` for the epoch's whole order, so a resumed
+    run gets the same draws.
+    """
+
+    def __init__(self, sampler: ResumableSampler, *, batch_size: int, batches_per_epoch: int, epochs: int,
+                 seed: int, short_sides: tuple[int, ...] = ()):
+        self.sampler, self.batch_size, self.batches_per_epoch = sampler, batch_size, batches_per_epoch
+        self.epochs, self.seed, self.short_sides = epochs, seed, tuple(short_sides)
+        self.epoch, self.consumed = 0, 0
+
+    def start_at(self, epoch: int, consumed: int) -> None:
+        """The next iteration starts at ``epoch`` with ``consumed`` of its batches already done."""
+        self.epoch, self.consumed = epoch, consumed
+
+    def __iter__(self) -> Iterator[list]:
+        for epoch in range(self.epoch, self.epochs):
+            skip = self.consumed * self.batch_size if epoch == self.epoch else 0
+            self.sampler.set_epoch(epoch, start=skip)
+            items: list = [(epoch, i) for i in self.sampler]
+            if self.short_sides:
+                sides = draw_short_sides(self.short_sides, skip + len(items), seed=self.seed, epoch=epoch,
+                                         rank=self.sampler.rank)[skip:]
+                items = [(epoch, i, side) for (_, i), side in zip(items, sides)]
+            first = skip // self.batch_size
+            for k in range(self.batches_per_epoch - first):
+                yield items[k * self.batch_size:(k + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return (self.epochs - self.epoch) * self.batches_per_epoch - self.consumed
 
 
 class ShareSampler(Sampler[int]):

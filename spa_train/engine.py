@@ -27,17 +27,19 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from spa_data.errors import SpaError
 from spa_data.io import foreign_entries
+from spa_data.jitter import check_short_sides
+from spa_model.weights import load_pretrained
 from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from spa_train.config import TrainConfig, build_config, save_config
-from spa_train.distributed import (DistInfo, ResumableSampler, ShareSampler, all_gather_objects, all_reduce_sum,
-                                   barrier, init_distributed, shutdown_distributed)
+from spa_train.distributed import (DistInfo, ResumableSampler, RunBatchSampler, ShareSampler, all_gather_objects,
+                                   all_reduce_sum, barrier, init_distributed, shutdown_distributed)
 from spa_train.logger import MetricsWriter, read_metrics, truncate_metrics
 from spa_train.optim import build_optimizer, build_scheduler
 from spa_train.plots import plot_curves
@@ -67,11 +69,11 @@ def open_shards(path: str, config: TrainConfig, *, train: bool):
     return dataset
 
 
-def make_batches(dataset, *, batch_size: int, sampler, config: TrainConfig, device: torch.device, drop_last: bool,
-                 generator: Optional[torch.Generator] = None):
+def make_batches(dataset, *, config: TrainConfig, device: torch.device, batch_size: int = 1, sampler=None,
+                 drop_last: bool = False, batch_sampler=None, generator: Optional[torch.Generator] = None):
     from spa_data.loader import make_loader
 
-    return make_loader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+    return make_loader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, batch_sampler=batch_sampler,
                        num_workers=config.num_workers, device=device, drop_last=drop_last, generator=generator)
 
 
@@ -101,20 +103,28 @@ class Trainer:
         if self.val_set is not None and list(self.val_set.classes) != list(self.train_set.classes):
             raise SpaError(f"{config.val_shards}: classes differ from the training shards' ({config.shards})")
         self.sampler = ResumableSampler(self.train_set, info=self.info, shuffle=True, seed=config.seed, drop_last=True)
-        # the DataLoader draws its worker seeds from this generator, not from the global RNG
-        self.loader_rng = torch.Generator()
-        self.loader = make_batches(self.train_set, batch_size=self.micro_batch, sampler=self.sampler, config=config,
-                                   device=self.device, drop_last=True, generator=self.loader_rng)
         self.micro_per_epoch = (self.sampler.num_samples // self.micro_batch) // config.grad_accum_steps \
             * config.grad_accum_steps
         if self.micro_per_epoch == 0:
             raise SpaError(f"{config.shards}: {len(self.train_set)} images are fewer than one batch of "
                            f"{config.batch_size}; lower batch_size")
+        check_short_sides(self.train_set.geometry, config.multiscale, where=f"{config.shards}: multiscale")
+        self.batches = RunBatchSampler(self.sampler, batch_size=self.micro_batch, batches_per_epoch=self.micro_per_epoch,
+                                       epochs=config.epochs, seed=config.seed, short_sides=config.multiscale)
+        # the DataLoader draws its worker seeds from this generator, not from the global RNG
+        self.loader_rng = torch.Generator()
+        self.loader = make_batches(self.train_set, batch_sampler=self.batches, config=config, device=self.device,
+                                   generator=self.loader_rng)
+        self.batch_iterator: Optional[Iterator] = None   # one for the whole run (see RunBatchSampler)
         steps_per_epoch = self.micro_per_epoch // config.grad_accum_steps
         self.total_steps = steps_per_epoch * config.epochs          # the lr schedule's length
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
 
-        model = build_task_model(config, self.train_set).to(self.device)
+        model = build_task_model(config, self.train_set)
+        if config.pretrained and resume_state is None:
+            for line in load_pretrained(model.backbone, config.pretrained).lines():
+                self._say(line)
+        model.to(self.device)
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.position = Position()
@@ -187,12 +197,13 @@ class Trainer:
     def _train_epoch(self) -> dict[str, Any]:
         config, pos = self.config, self.position
         self.model.train()
-        self.sampler.set_epoch(pos.epoch, start=pos.consumed * self.micro_batch)
-        self.loader_rng.manual_seed(config.seed * 10_007 + pos.epoch * 101 + self.info.rank)
-        if self.pending_rng is not None:  # resuming: continue every RNG where the checkpoint left it
-            set_rng_state(self.pending_rng)
-            self.pending_rng = None
-        iterator = iter(self.loader)
+        if self.batch_iterator is None:
+            self.batches.start_at(pos.epoch, pos.consumed)
+            self.loader_rng.manual_seed(config.seed * 10_007 + pos.epoch * 101 + self.info.rank)
+            if self.pending_rng is not None:  # resuming: continue every RNG where the checkpoint left it
+                set_rng_state(self.pending_rng)
+                self.pending_rng = None
+            self.batch_iterator = iter(self.loader)
 
         totals = EpochTotals(self.device)
         reset_peak_memory(self.device)
@@ -201,9 +212,8 @@ class Trainer:
                    initial=pos.consumed // config.grad_accum_steps, desc=f"epoch {pos.epoch + 1}/{config.epochs}",
                    disable=_bar_disabled(config.progress, self.info), dynamic_ncols=True, leave=False)
         accum = StepAccumulator(self.device)
-        for batch in iterator:
-            if pos.consumed >= self.micro_per_epoch:
-                break
+        while pos.consumed < self.micro_per_epoch:
+            batch = next(self.batch_iterator)
             is_last_micro = (pos.consumed + 1) % config.grad_accum_steps == 0
             with self._no_sync(not is_last_micro):
                 out, loss, task_loss, select_loss = self._forward_loss(batch)
@@ -258,17 +268,19 @@ class Trainer:
 
     def _optimizer_step(self, accum: "StepAccumulator") -> dict[str, float]:
         pos = self.position
-        flags = torch.tensor([float(self.stop_requested)], device=self.device)
-        loss, task_loss, select_loss, count, stop = all_reduce_sum(torch.cat([accum.values, flags]), self.info).tolist()
+        # one host sync per step: the clip runs on the device first, and every value comes in one read
+        grad_norm = accum.values.new_full((1,), math.nan)
+        if self.config.clip_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm).reshape(1)
+        flags = accum.values.new_full((1,), float(self.stop_requested))
+        reduced = all_reduce_sum(torch.cat([accum.values, flags]), self.info)
+        loss, task_loss, select_loss, count, stop, grad_norm = torch.cat([reduced, grad_norm.float()]).tolist()
         if not math.isfinite(loss):
             raise SpaError(f"non-finite loss ({loss}) at step {pos.step + 1} (epoch {pos.epoch + 1}): "
                            f"training stopped; "
                            f"the last good checkpoint is {self.run_dir / 'last.pt'}"
                            + ("" if (self.run_dir / "last.pt").is_file() else " (none written yet)"))
         self.stop_requested = stop > 0
-        grad_norm = math.nan
-        if self.config.clip_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm))
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -282,7 +294,7 @@ class Trainer:
         if self.val_loader is None:  # built once: its workers persist between validations
             self.val_loader = make_batches(self.val_set, batch_size=self.config.eval_batch_size or self.micro_batch,
                                            sampler=ShareSampler(len(self.val_set), self.info), config=self.config,
-                                           device=self.device, drop_last=False)
+                                           device=self.device)
         return evaluate(unwrap_model(self.model), self.val_loader, task=self.config.task, dataset=self.val_set,
                         device=self.device, amp=self.amp, info=self.info, progress=self.config.progress,
                         cuda_graphs=self.config.cuda_graphs)
@@ -450,7 +462,7 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
         for batch in tqdm(loader, desc="eval", disable=_bar_disabled(progress, info), leave=False,
                           dynamic_ncols=True):
             with autocast(device, amp):
-                out = model(batch.images, batch.select, None, batch.image_sizes)
+                out = model(batch.images, batch.select, None, batch.image_sizes, batch.original_sizes)
             meter.update(out["predictions"], batch)
             totals.add(out, batch)
             images += len(batch.image_ids)
@@ -556,7 +568,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str, *, device: str = "a
         model.load_state_dict(state["model"])
         model.to(torch_device)
         loader = make_batches(dataset, batch_size=batch_size, sampler=ShareSampler(len(dataset), info),
-                              config=config, device=torch_device, drop_last=False)
+                              config=config, device=torch_device)
         return evaluate(model, loader, task=config.task, dataset=dataset, device=torch_device,
                         amp=use_amp(config.amp, torch_device), info=info, progress=progress,
                         cuda_graphs=config.cuda_graphs)

@@ -1,10 +1,11 @@
 """The three tasks: how a backbone becomes a trainable model, its loss, and its evaluation.
 
-Every task model has the same signature, ``model(images, select, targets=None, image_sizes=None)``
--> dict with ``predictions`` (eval) or ``task_loss`` (training, when targets are given), plus the
-backbone's ``scores`` and its whole ``backbone_output`` (select ratios, dropped tokens, containers
-for the FLOPs count), so one DDP-wrapped forward serves the trainer, and
-the trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
+Every task model has the same signature, ``model(images, select, targets=None, image_sizes=None,
+original_sizes=None)`` -> dict with ``predictions`` (eval) or ``task_loss`` (training, when targets
+are given), plus the backbone's ``scores`` and its whole ``backbone_output`` (select ratios, dropped
+tokens, containers for the FLOPs count), so one DDP-wrapped forward serves the trainer, and the
+trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
+``original_sizes`` (detection): the (h, w) the predictions are mapped back to.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +35,7 @@ class Classifier(nn.Module):
         self.loss_fn = loss_fn
         self.oracle_selection = oracle_selection
 
-    def forward(self, images, select, targets=None, image_sizes=None) -> dict[str, Any]:
+    def forward(self, images, select, targets=None, image_sizes=None, original_sizes=None) -> dict[str, Any]:
         features = self.backbone.forward_features(images, select_labels=select if self.oracle_selection else None)
         logits = self.backbone.forward_head(features)
         out = {"predictions": logits, "scores": features.scores, "backbone_output": features}
@@ -43,7 +45,13 @@ class Classifier(nn.Module):
 
 
 class Detector(nn.Module):
-    """torchvision R-CNN around the backbone; training returns the summed R-CNN losses."""
+    """torchvision R-CNN around the backbone; training returns the summed R-CNN losses.
+
+    Each image is its content crop ``image_sizes`` of the canvas. In eval, predictions are mapped
+    to ``original_sizes`` (boxes scaled, masks pasted there) by torchvision's own postprocess, as
+    GeneralizedRCNN does after its resize: predictions and the dataset's annotations then share
+    one frame (docs/design.md, "Detection and training recipes").
+    """
 
     def __init__(self, backbone: nn.Module, *, num_classes: int, masks: bool, oracle_selection: bool,
                  detector_args: Optional[dict] = None):
@@ -55,17 +63,32 @@ class Detector(nn.Module):
     def backbone(self) -> nn.Module:
         return self.detector.backbone.body.backbone
 
-    def forward(self, images, select, targets=None, image_sizes=None) -> dict[str, Any]:
+    def forward(self, images, select, targets=None, image_sizes=None, original_sizes=None) -> dict[str, Any]:
         adapter = self.detector.backbone.body
         adapter.select_labels = select if self.oracle_selection else None
-        sizes = image_sizes or [tuple(images.shape[-2:])] * len(images)
+        sizes = [tuple(s) for s in image_sizes] if image_sizes else [tuple(images.shape[-2:])] * len(images)
         crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes)]
         if self.training:
             out = {"task_loss": sum(self.detector(crops, [_trainable(t) for t in targets]).values())}
         else:
-            out = {"predictions": self.detector(crops)}
+            detections = self._detect(crops)
+            out = {"predictions": self.postprocess(detections, sizes, original_sizes or sizes)}
         features = adapter.last_output
         return {**out, "scores": features.scores, "backbone_output": features}
+
+    def _detect(self, crops: list[torch.Tensor]) -> list[dict]:
+        """GeneralizedRCNN's eval forward up to (excluding) its postprocess: boxes on the crops, 28x28 masks."""
+        detector = self.detector
+        images, _ = detector.transform(crops)
+        features = detector.backbone(images.tensors)
+        proposals, _ = detector.rpn(images, features)
+        detections, _ = detector.roi_heads(features, proposals, images.image_sizes)
+        return detections
+
+    def postprocess(self, detections: list[dict], crop_sizes: list[tuple[int, int]],
+                    original_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Detections on the crops -> at ``original_sizes`` (torchvision: boxes rescaled, masks pasted)."""
+        return self.detector.transform.postprocess(detections, crop_sizes, [tuple(s) for s in original_sizes])
 
 
 def _trainable(target: dict) -> dict:
@@ -116,19 +139,33 @@ class MultiLabelMeter:
 
 
 class CocoMeter:
-    """COCOeval (bbox, and segm when the shards have masks) in percent, on rank 0, then shared."""
+    """COCOeval (bbox, and segm when the shards have masks) in percent, on rank 0, then shared.
 
-    def __init__(self, *, num_classes: int, category_ids, masks: bool):
+    At the original image size: the ground truth is each image's stored annotations (boxes and
+    RLE masks as in the dataset's files, read from ``dataset``), the predictions arrive there
+    from ``Detector`` (``original_sizes``). Flipped images would not match their annotations.
+    """
+
+    def __init__(self, dataset):
         from spa_train.coco_eval import CocoEvaluator  # pycocotools: needed for detection only
 
-        self.evaluator = CocoEvaluator(num_classes=num_classes, category_ids=category_ids,
-                                       iou_types=("bbox", "segm") if masks else ("bbox",))
+        if dataset.hflip:
+            raise SpaError(f"{dataset.path}: detection is evaluated on unflipped images (hflip is {dataset.hflip})")
+        self.dataset = dataset
+        self.masks = dataset_has_masks(dataset)
+        self.evaluator = CocoEvaluator(num_classes=dataset.num_classes, category_ids=dataset.category_ids,
+                                       iou_types=("bbox", "segm") if self.masks else ("bbox",))
+        self._index: Optional[dict] = None
 
     def update(self, predictions, batch) -> None:
-        for image_id, target, prediction, size in zip(batch.image_ids, batch.targets, predictions, batch.image_sizes):
-            ground_truth = {"boxes": target["boxes"], "categories": target["labels"] - 1,
-                            "masks": target.get("masks"), "iscrowd": target.get("iscrowd")}
-            self.evaluator.add(image_id, ground_truth, {k: v.cpu() for k, v in prediction.items()}, size=tuple(size))
+        if self._index is None:
+            self._index = {image_id: i for i, image_id in enumerate(self.dataset.image_ids)}
+        for image_id, prediction in zip(batch.image_ids, predictions):
+            raw = self.dataset.raw(self._index[image_id])
+            if "masks" in prediction:  # binarise on the device: a quarter of the bytes to copy
+                prediction = {**prediction, "masks": (prediction["masks"] > 0.5).to(torch.uint8)}
+            self.evaluator.add(image_id, original_target(raw, masks=self.masks),
+                               {k: v.cpu() for k, v in prediction.items()}, size=raw["orig_hw"])
 
     def compute(self, info: DistInfo) -> dict[str, float]:
         states = all_gather_objects(self.evaluator.state(), info)
@@ -138,6 +175,25 @@ class CocoMeter:
             stats = {k: 100 * v if v >= 0 else v for k, v in self.evaluator.summarize().items()}
             stats["images"] = len(self.evaluator.images)
         return broadcast_object(stats, info)
+
+
+def original_target(raw: dict, *, masks: bool) -> dict:
+    """An image's ground truth at its original size from its stored fields (``ShardDataset.raw``):
+    boxes, 0-based categories, crowd flags and, with ``masks``, its RLE masks decoded (a box where
+    an object has none, rasterised by pycocotools)."""
+    target = {"boxes": torch.from_numpy(raw["boxes"].astype(np.float32)).reshape(-1, 4),
+              "categories": torch.from_numpy(raw["categories"].astype(np.int64)),
+              "iscrowd": torch.from_numpy(raw["iscrowd"].astype(np.uint8))}
+    if masks:
+        from pycocotools import mask as mask_utils
+
+        h, w = raw["orig_hw"]
+        rles = [{"size": [h, w], "counts": rle} if rle else
+                mask_utils.frPyObjects([[x1, y1, x2 - x1, y2 - y1]], h, w)[0]
+                for rle, (x1, y1, x2, y2) in zip(raw["rles"], raw["boxes"].tolist())]
+        decoded = mask_utils.decode(rles) if rles else np.zeros((h, w, 0), np.uint8)
+        target["masks"] = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1)))
+    return target
 
 
 def _reduce_device(info: DistInfo) -> torch.device:
@@ -201,9 +257,7 @@ def dataset_has_masks(dataset, *, probe: int = 64) -> bool:
 TASKS: dict[str, Task] = {
     "cls": Task("cls", "top1", True, _build_classifier, lambda ds: AccuracyMeter()),
     "multilabel": Task("multilabel", "mAP", True, _build_multilabel, lambda ds: MultiLabelMeter(list(ds.classes))),
-    "det": Task("det", "bbox_AP", False, _build_detector,
-                lambda ds: CocoMeter(num_classes=ds.num_classes, category_ids=ds.category_ids,
-                                     masks=dataset_has_masks(ds))),
+    "det": Task("det", "bbox_AP", False, _build_detector, CocoMeter),
 }
 
 

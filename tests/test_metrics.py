@@ -109,3 +109,20 @@ def test_coco_images_without_detections_count_as_misses_and_ranks_merge():
     merged.merge([first.state(), second.state()])
     assert [im["id"] for im in merged.images] == [1, 2]
     assert merged.summarize()["bbox_AP"] == pytest.approx(51 / 101)
+
+
+def test_coco_masks_on_a_canvas_larger_than_the_image_are_cropped_to_it():
+    # A 30x35 image on a 40x64 canvas (the loader's padding); ground truth on the canvas, the
+    # prediction pasted at the image size (or the reverse): the same pixels, so IoU 1. Without the
+    # crop pycocotools gives RLEs of different sizes IoU -1, and segm AP 0.
+    canvas = torch.zeros(1, 40, 64, dtype=torch.uint8)
+    canvas[0, 5:25, 3:30] = 1
+    on_image = canvas[:, :30, :35]
+    for gt, dt in ((canvas, on_image), (on_image, canvas)):
+        evaluator = CocoEvaluator(num_classes=1, iou_types=("bbox", "segm"))
+        evaluator.add(1, _gt([[3, 5, 30, 25]], [0], gt), _dt([[3, 5, 30, 25]], [1], [0.9], dt[:, None].float()),
+                      size=(30, 35))
+        assert evaluator.summarize()["segm_AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="smaller than the image"):
+        CocoEvaluator(num_classes=1, iou_types=("bbox", "segm")).add(
+            1, _gt([[3, 5, 30, 25]], [0], on_image), _dt([], [], [], torch.zeros(0, 1, 30, 35)), size=(40, 64))
