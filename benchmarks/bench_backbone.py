@@ -216,6 +216,7 @@ def graphed(model, inputs: Inputs, forward, autocast):
     def replay():
         cuda_graph.replay()
         return out
+    replay.keep_alive = model  # the graph reads the model's weights at the addresses it captured
     return replay
 
 

@@ -150,4 +150,6 @@ def load_pretrained(model: nn.Module, source: str) -> PretrainedReport:
     except SpaError as e:
         raise SpaError(f"pretrained {source}: {e}") from None
     loaded = [k for k in convert_swin_state_dict(state) if k not in result.unexpected_keys]
-    return PretrainedReport(source, loaded, list(result.missing_keys), list(result.unexpected_keys))
+    # token budgets are the model's running state, not weights: no checkpoint of Swin has them
+    missing = [k for k in result.missing_keys if ".budget." not in k]
+    return PretrainedReport(source, loaded, missing, list(result.unexpected_keys))

@@ -54,7 +54,7 @@ def test_a_rectangle_at_a_jittered_size_has_the_labels_worked_by_hand(rectangle)
     # Short side 64: scale 0.64, the 200x100 image becomes 128x64 (canvas 128x64); the object
     # x [40, 80) y [20, 60) lands on x [25.6, 51.2) y [12.8, 38.4). Cells touched: stride 8
     # columns 3-6, rows 1-4; stride 16 columns 1-3, rows 0-2; stride 32 columns 0-1, rows 0-1.
-    sample = ShardDataset(rectangle)[(0, 64)]
+    sample = ShardDataset(rectangle)[(0, 0, 64)]
     assert sample["image"].shape == (3, 64, 128) and sample["image_size"] == (64, 128)
     expected = {8: (slice(1, 5), slice(3, 7)), 16: (slice(0, 3), slice(1, 4)), 32: (slice(0, 2), slice(0, 2))}
     for stride, (rows, cols) in expected.items():
@@ -66,7 +66,7 @@ def test_a_rectangle_at_a_jittered_size_has_the_labels_worked_by_hand(rectangle)
     assert _bounds(sample["masks"][0]) == _bounds(image_object) == [26, 13, 51, 38]   # pixel centres inside
 
     # flipped too: mirrored about the stride-aligned content width (128): x -> 128 - x
-    flipped = ShardDataset(rectangle, train=True, hflip=1.0)[(0, 64)]
+    flipped = ShardDataset(rectangle, train=True, hflip=1.0)[(0, 0, 64)]
     assert flipped["boxes"][0].tolist() == pytest.approx([128 - 51.2, 12.8, 128 - 25.6, 38.4])
     assert _bounds(flipped["masks"][0]) == _bounds(flipped["image"].float().mean(0) > 128) == [77, 13, 102, 38]
     for stride in expected:
@@ -75,7 +75,7 @@ def test_a_rectangle_at_a_jittered_size_has_the_labels_worked_by_hand(rectangle)
 
 def test_the_canonical_size_keeps_the_stored_labels(rectangle):
     dataset = ShardDataset(rectangle)
-    stored, again = dataset[0], dataset[(0, 128)]
+    stored, again = dataset[0], dataset[(0, 0, 128)]
     for key in ("image", "boxes", "masks"):
         assert torch.equal(stored[key], again[key]), key
     assert all(torch.equal(stored["select"][s], again["select"][s]) for s in stored["select"])
@@ -118,9 +118,10 @@ def test_run_batches_span_epochs_and_resume_exactly():
                                    short_sides=(480, 512, 544, 576, 608))
     whole = _batches(make())
     assert len(whole) == len(make()) == 15 and all(len(b) == 4 for b in whole)
-    epochs = [sorted(i for batch in whole[5 * e:5 * e + 5] for i, _ in batch) for e in range(3)]
+    assert all(key[0] == k // 5 for k, batch in enumerate(whole) for key in batch)   # (epoch, index, side)
+    epochs = [sorted(i for batch in whole[5 * e:5 * e + 5] for _, i, _ in batch) for e in range(3)]
     assert all(len(set(e)) == 20 for e in epochs) and epochs[0] != epochs[1]   # a fresh order each epoch
-    sides = [s for batch in whole for _, s in batch]
+    sides = [s for batch in whole for _, _, s in batch]
     assert set(sides) == {480, 512, 544, 576, 608}                             # 60 draws cover the 5 choices
     # resumed in epoch 1 after 2 of its batches: the same batches, the same draws
     assert _batches(make(), start=(1, 2)) == whole[7:]
@@ -135,7 +136,7 @@ def test_the_batched_decode_path_lays_out_jittered_flipped_images_as_the_per_sam
               "--out", str(tmp_path / "subset")])
     spa_data(["labels", str(tmp_path / "subset")])
     dataset = ShardDataset(tmp_path / "subset" / "shards", train=True, hflip=1.0)
-    picks = [[(0, 480), (1, 800)], [(1, 544), (0, 544)]]      # mixed sizes, then one size for both
+    picks = [[(0, 0, 480), (0, 1, 800)], [(0, 1, 544), (0, 0, 544)]]  # mixed sizes, then one size for both
     per_sample = list(make_loader(dataset, batch_sampler=picks))
     batched = [finish_batch(Collate(dataset.task, dataset.strides, encoded=True)([dataset.encoded(k) for k in pick]),
                             torch.device(device)) for pick in picks]
