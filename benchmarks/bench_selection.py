@@ -95,7 +95,7 @@ def run(task: str, shards: Path, overrides: list[str], *, variant: dict, steps: 
 
 def _stage_shares(out: dict) -> dict[str, float]:
     """Mean selected share of the stage-3 blocks (stride 16) and of the stage-4 blocks."""
-    ratios = [r.float().item() for r in out["select_ratios"]]
+    ratios = [r.float().item() for r in out["backbone_output"].select_ratios]
     n3 = len(out["scores"].get(16, []))
     return {"stage3": sum(ratios[:n3]) / max(n3, 1), "stage4": sum(ratios[n3:]) / max(len(ratios) - n3, 1)}
 
