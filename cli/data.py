@@ -16,7 +16,8 @@ import click
 
 from cli.common import at_least, debug_option, report_errors
 from cli.data_labels import COMMANDS as LABEL_COMMANDS
-from spa_data.recipes import RATIO_FROM, Recipe, check_ratio_bounds, load_recipe, recipe_names
+from spa_data.ratio import RATIO_FROM
+from spa_data.recipes import Recipe, check_ratio_bounds, load_recipe, recipe_names
 from spa_data.subsets import BuildOptions, Part, RebuildError, build_subset, merge_parts, rebuild_from_manifest
 
 

@@ -18,7 +18,8 @@ from typing import Optional
 import click
 
 from cli.common import at_least, debug_option, report_errors
-from spa_train.config import SELECTORS, TASKS
+from spa_data.recipes import TASKS
+from spa_model.selection import SELECTORS
 
 
 class DefaultToTrain(click.Group):
@@ -40,8 +41,8 @@ def group() -> None:
 @click.option("--val-shards", help="Validation shards.")
 @click.option("--task", type=click.Choice(TASKS), help="Task; must match the shards.")
 @click.option("--model", help="spa_model name: swin_tiny, spt_tiny, swin_small, ...")
-@click.option("--selector", type=click.Choice(SELECTORS),
-              help="SPT token selector: spa (the paper's Gumbel gate), topk, gt (oracle labels), all.")
+@click.option("--selector", type=click.Choice(list(SELECTORS)),
+              help="SPT token selector: gumbel (the paper's gate), topk, gt (oracle labels), all [config: the model's].")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML or TOML config file.")
 @click.option("--out", help="Run directory (config.yaml, metrics, checkpoints, curves.png).")
 @click.option("--resume", type=click.Path(path_type=Path),
@@ -89,8 +90,9 @@ def evaluate(checkpoint: Path, shards: str, device: str, batch_size: int, num_wo
 @click.option("--size", nargs=2, type=int, default=(224, 224), show_default=True, metavar="H W", help="Input size.")
 @click.option("--batch", default=32, show_default=True, help="Batch size.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--selector", type=click.Choice(SELECTORS), default="spa", show_default=True,
-              help="gt selects the labels of the scattered objects (gate evaluated).")
+@click.option("--selector", type=click.Choice(list(SELECTORS)),
+              help="SPT token selector [default: the model's]; gt selects the labels of the scattered objects "
+                   "(gate evaluated).")
 @click.option("--share", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Share of the stride-16 cells the scattered objects cover.")
 @click.option("--steps", default=10, show_default=True, help="Timed steps (median reported).")
@@ -99,8 +101,8 @@ def evaluate(checkpoint: Path, shards: str, device: str, batch_size: int, num_wo
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results to this JSON file.")
 @click.argument("model_args", nargs=-1, metavar="[KEY=VALUE]...")
 @debug_option
-def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: str, share: float, steps: int,
-          warmup: int, amp: str, json_out: Optional[Path], model_args: tuple[str, ...], debug: bool) -> None:
+def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: Optional[str], share: float,
+          steps: int, warmup: int, amp: str, json_out: Optional[Path], model_args: tuple[str, ...], debug: bool) -> None:
     """Throughput (img/s, inference and training step) and MACs per image of a model config."""
     from spa_train.bench import bench_model
     from spa_train.config import parse_override

@@ -31,9 +31,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 from spa_data.errors import SpaError
 from spa_data.io import atomic_write
+from spa_data.recipes import TASKS
+from spa_model.selection import SELECTORS
 
-TASKS = ("cls", "multilabel", "det")
-SELECTORS = ("spa", "topk", "gt", "all")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "off")
 LR_SCHEDULES = ("cosine", "step")
@@ -46,8 +46,8 @@ class TrainConfig:
     # what
     task: str = "cls"                       # cls | multilabel | det; must match the shards
     model: str = "spt_tiny"                 # a spa_model.create_model name
-    selector: str = "spa"                   # spa | topk | gt | all (SPT only; Swin has no selector)
-    model_args: dict = field(default_factory=dict)   # extra create_model keyword overrides
+    selector: Optional[str] = None          # gumbel (the paper's) | topk | gt (oracle) | all; None: the model's own
+    model_args: dict = field(default_factory=dict)   # extra create_model keyword overrides (not the selector)
     pretrained: Optional[str] = None        # backbone start: a torchvision weights name (Swin_T_Weights.IMAGENET1K_V1)
                                             # or a file (torchvision or official Swin state dict); None: random
     shards: str = ""                        # training shards (DIR or DIR/shards)
@@ -102,7 +102,10 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choice("task", self.task, TASKS)
-        _check_choice("selector", self.selector, SELECTORS)
+        if self.selector == "spa":  # its name in configs saved before the trainer took spa_model's names
+            self.selector = None
+        if self.selector is not None:
+            _check_choice("selector", self.selector, tuple(SELECTORS))
         _check_choice("device", self.device, DEVICES)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from spa_data.errors import SpaError
 from spa_data.io import foreign_entries
 from spa_data.jitter import check_short_sides
+from spa_model.models import ModelContract
 from spa_model.weights import load_pretrained
 from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from spa_train.config import TrainConfig, build_config, save_config
@@ -121,6 +122,10 @@ class Trainer:
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
 
         model = build_task_model(config, self.train_set)
+        self.contract = model.backbone.contract()
+        for path, dataset in ((config.shards, self.train_set), (config.val_shards, self.val_set)):
+            if dataset is not None:
+                check_label_strides(self.contract, dataset, path=path, model=config.model)
         if config.pretrained and resume_state is None:
             for line in load_pretrained(model.backbone, config.pretrained).lines():
                 self._say(line)
@@ -142,13 +147,11 @@ class Trainer:
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.info.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # unused parameters: the detector's heads on images without objects; the gates with
-            # the "all" selector (nothing to score)
-            unused = self.config.task == "det" or self.config.selector == "all"
+            unused = self.task.unused_parameters or self.contract.unused_parameters
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                               find_unused_parameters=unused)
         if self.config.compile:
-            if any(getattr(m, "spa", None) and m.spa.capacity == "exact" for m in model.modules()):
+            if not self.contract.static_shapes:
                 self._say("compile=true with an SPT whose capacity is 'exact': every SPA block syncs with the host "
                           "and recompiles as the selection changes; the default capacity 'auto' is static")
             model = torch.compile(model)
@@ -205,7 +208,7 @@ class Trainer:
                 self.pending_rng = None
             self.batch_iterator = iter(self.loader)
 
-        totals = EpochTotals(self.device)
+        totals = EpochTotals(self.device, self.contract)
         reset_peak_memory(self.device)
         start, images_seen = time.perf_counter(), 0
         bar = tqdm(total=self.micro_per_epoch // config.grad_accum_steps,
@@ -368,13 +371,13 @@ class EpochTotals:
     """Per-block select ratios (model) and positive-cell ratios (labels), averaged over batches, and
     the share of selected tokens a static budget dropped (summed counts)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, contract: ModelContract):
         self.device = device
         self.ratio_sum: Optional[torch.Tensor] = None
         self.drop_counts: Optional[torch.Tensor] = None   # (blocks, 2): dropped, selected
         self.label_sum: dict[int, torch.Tensor] = {}
         self.batches = 0
-        self.stages: list[int] = []
+        self.stages = [site.stage + 1 for site in contract.spa_blocks]   # 1-based, as the paper names stages
 
     def add(self, out: dict, batch) -> None:
         blocks = out["backbone_output"].blocks if out.get("backbone_output") is not None else []
@@ -383,7 +386,6 @@ class EpochTotals:
             self.ratio_sum = stacked if self.ratio_sum is None else self.ratio_sum + stacked
             counts = torch.stack([torch.stack([b.dropped, b.selected.sum()]) for b in blocks]).double()
             self.drop_counts = counts if self.drop_counts is None else self.drop_counts + counts
-            self.stages = _block_stages(out["scores"], len(blocks))
         for stride, labels in batch.select.items():
             self.label_sum[stride] = self.label_sum.get(stride, 0) + labels.float().mean()
         self.batches += 1
@@ -414,10 +416,17 @@ class EpochTotals:
         return row
 
 
-def _block_stages(scores: dict, num_blocks: int) -> list[int]:
-    """Stage of each SPA block: stride-16 gates are stage 3 blocks, stride-32 gates stage 4 blocks."""
-    stages = [3] * len(scores.get(16, [])) + [4] * len(scores.get(32, []))
-    return stages if len(stages) == num_blocks else [0] * num_blocks
+def check_label_strides(contract: ModelContract, dataset, *, path: str, model: str) -> None:
+    """SpaError unless ``dataset`` holds the selection labels ``contract`` reads, at every stride."""
+    missing = sorted(set(contract.label_strides) - set(dataset.strides))
+    if missing:
+        raise SpaError(f"{path}: shards labelled at strides {_strides(dataset.strides)}, but model {model!r} reads "
+                       f"selection labels at {_strides(contract.label_strides)} (none at {_strides(missing)}); "
+                       f"label the subset again at {_strides(sorted(set(contract.label_strides) | set(dataset.strides)))}")
+
+
+def _strides(strides) -> str:
+    return ",".join(map(str, strides))
 
 
 def _bar_disabled(progress: bool, info: DistInfo) -> Optional[bool]:
@@ -452,11 +461,12 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
     was_training = model.training
     model.eval()
     meter = TASKS[task].meter(dataset)
-    totals = EpochTotals(device)
-    flops_sum = 0.0
     backbone = _backbone_of(model)
+    contract = backbone.contract()
+    totals = EpochTotals(device, contract)
+    flops_sum = 0.0
     graphs = (spa_model.cuda_graphs(backbone, capture_after=2)
-              if cuda_graphs and device.type == "cuda" and _static_shapes(backbone) else nullcontext())
+              if cuda_graphs and device.type == "cuda" and contract.static_shapes else nullcontext())
     start, images = time.perf_counter(), 0
     with graphs:
         for batch in tqdm(loader, desc="eval", disable=_bar_disabled(progress, info), leave=False,
@@ -482,11 +492,6 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
 
 def _backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     return unwrap_model(model).backbone
-
-
-def _static_shapes(backbone: torch.nn.Module) -> bool:
-    spa = getattr(getattr(backbone, "cfg", None), "spa", None)
-    return spa is None or spa.capacity != "exact"
 
 
 def _summary_line(row: dict, metric: str) -> str:
@@ -565,6 +570,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str, *, device: str = "a
         if list(dataset.classes) != list(state.get("classes", dataset.classes)):
             raise SpaError(f"{shards}: classes differ from those {checkpoint} was trained on")
         model = build_task_model(config, dataset)
+        check_label_strides(model.backbone.contract(), dataset, path=shards, model=config.model)
         model.load_state_dict(state["model"])
         model.to(torch_device)
         loader = make_batches(dataset, batch_size=batch_size, sampler=ShareSampler(len(dataset), info),

@@ -102,8 +102,7 @@ def test_mask_and_box_ap_equal_pycocotools_on_the_dataset_file(coco):
     dataset = ShardDataset(shards)
     batch = next(iter(make_loader(dataset, batch_size=2)))
     assert any(t["masks"].shape[-1] > w for t, (h, w) in zip(batch.targets, batch.image_sizes))  # padded canvas
-    detector = Detector(spa_model.create_model("swin_tiny", **TINY), num_classes=dataset.num_classes, masks=True,
-                        oracle_selection=False).eval()
+    detector = Detector(spa_model.create_model("swin_tiny", **TINY), num_classes=dataset.num_classes, masks=True).eval()
     predictions = detector.postprocess(_detections_from_ground_truth(batch), batch.image_sizes, batch.original_sizes)
     assert [p["masks"].shape[-2:] for p in predictions] == [torch.Size(s) for s in batch.original_sizes]
 
@@ -124,9 +123,8 @@ def test_detector_predicts_at_the_original_size_in_eval(coco):
     batch = next(iter(make_loader(dataset, batch_size=2)))
     torch.manual_seed(0)
     detector = Detector(spa_model.create_model("spt_tiny", **TINY), num_classes=dataset.num_classes, masks=True,
-                        oracle_selection=False, detector_args={"fpn_channels": 16, "mask_head_channels": 8,
-                                                               "box_score_thresh": 0.0, "box_detections_per_img": 5,
-                                                               "rpn_post_nms_top_n_test": 20}).eval()
+                        detector_args={"fpn_channels": 16, "mask_head_channels": 8, "box_score_thresh": 0.0,
+                                       "box_detections_per_img": 5, "rpn_post_nms_top_n_test": 20}).eval()
     with torch.no_grad():
         out = detector(batch.images, batch.select, None, batch.image_sizes, batch.original_sizes)
     for prediction, (h, w) in zip(out["predictions"], batch.original_sizes):

@@ -23,7 +23,8 @@ def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
         spa_data(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
                   "--out", str(out / split)])
         spa_data(["labels", str(out / split)])
-    return {"train": out / "train", "val": out / "val"}
+    spa_data(["labels", str(out / "train"), "--scales", "16,32", "--out", str(out / "train-16-32")])
+    return {"train": out / "train", "val": out / "val", "train-16-32": out / "train-16-32"}
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
@@ -88,7 +89,7 @@ def test_config_precedence_and_round_trip(tmp_path):
     assert resolve_config(None, ["amp=off", "val_shards=none"]).amp == "off"     # not YAML's False
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.to_dict()))
     assert resolve_config(tmp_path / "c.yaml") == config
-    assert TrainConfig().alpha == 0.01 and TrainConfig().selector == "spa"
+    assert TrainConfig().alpha == 0.01 and TrainConfig().selector is None   # None: the model's own
 
 
 def _foreign_checkpoint(tmp_path: Path) -> Path:
@@ -108,6 +109,12 @@ BAD = {
                       "unknown model 'spt_tiyn' (did you mean 'spt_tiny'?)"),
     "model does not fit": (lambda d, t: ["--shards", str(d["train"]), "--model", "swin_tiny", "--selector", "topk",
                                          "--out", str(t / "r")], "model 'swin_tiny' does not fit"),
+    "strides the model reads": (lambda d, t: ["--shards", str(d["train-16-32"]), "--model", "spt_tiny", TINY,
+                                              "--out", str(t / "r")],
+                                "shards labelled at strides 16,32, but model 'spt_tiny' reads selection labels at "
+                                "8,16,32"),
+    "selector in model_args": (lambda d, t: ["--shards", str(d["train"]), "model_args.selector=gt", "--out",
+                                             str(t / "r")], "model_args.selector: the selector has its own key"),
     "missing shards": (lambda d, t: ["--shards", str(t / "nowhere"), "--task", "cls"], "nowhere"),
     "missing config": (lambda d, t: ["--config", str(t / "none.yaml")], "none.yaml: config file not found"),
     "missing checkpoint": (lambda d, t: ["eval", "--checkpoint", str(t / "gone.pt"), "--shards", str(d["val"])],
