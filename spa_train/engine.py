@@ -476,8 +476,9 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
             meter.update(out["predictions"], batch)
             totals.add(out, batch)
             images += len(batch.image_ids)
-            # analytic MACs per image from the containers this batch actually used
-            flops_sum += spa_model.count_flops(backbone, out["backbone_output"]).total * len(batch.image_ids)
+            # analytic MACs of each image at its own size, from the containers its tokens filled
+            flops_sum += spa_model.count_flops(backbone, out["backbone_output"],
+                                               image_sizes=out.get("input_sizes")).total * len(batch.image_ids)
     synchronize(device)
     elapsed = time.perf_counter() - start
     model.train(was_training)

@@ -5,7 +5,10 @@ original_sizes=None)`` -> dict with ``predictions`` (eval) or ``task_loss`` (tra
 are given), plus the backbone's ``scores`` and its whole ``backbone_output`` (select ratios, dropped
 tokens, containers for the FLOPs count), so one DDP-wrapped forward serves the trainer, and the
 trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
-``original_sizes`` (detection): the (h, w) the predictions are mapped back to.
+``original_sizes`` (detection): the (h, w) the predictions are mapped back to. A detector also
+returns ``input_sizes``: the (h, w) each image's backbone input has when it comes alone (its crop,
+padded as the detector pads), where the FLOPs counter counts it; a classifier's images share the
+batch's canvas.
 """
 from __future__ import annotations
 
@@ -74,7 +77,9 @@ class Detector(nn.Module):
             detections = self._detect(crops)
             out = {"predictions": self.postprocess(detections, sizes, original_sizes or sizes)}
         features = adapter.last_output
-        return {**out, "scores": features.scores, "backbone_output": features}
+        step = self.detector.transform.size_divisible
+        alone = [(-(-h // step) * step, -(-w // step) * step) for h, w in sizes]
+        return {**out, "scores": features.scores, "backbone_output": features, "input_sizes": alone}
 
     def _detect(self, crops: list[torch.Tensor]) -> list[dict]:
         """GeneralizedRCNN's eval forward up to (excluding) its postprocess: boxes on the crops, 28x28 masks."""
