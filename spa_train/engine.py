@@ -208,7 +208,7 @@ class Trainer:
                 self.pending_rng = None
             self.batch_iterator = iter(self.loader)
 
-        totals = EpochTotals(self.device, self.contract)
+        totals, steps = EpochTotals(self.device, self.contract), StepLog()
         reset_peak_memory(self.device)
         start, images_seen = time.perf_counter(), 0
         bar = tqdm(total=self.micro_per_epoch // config.grad_accum_steps,
@@ -225,14 +225,14 @@ class Trainer:
             totals.add(out, batch)
             pos.consumed += 1
             images_seen += len(batch.image_ids) * self.info.world_size
+            steps.images += len(batch.image_ids) * self.info.world_size
             if is_last_micro:
                 stats = self._optimizer_step(accum)
                 accum = StepAccumulator(self.device)
                 bar.update(1)
+                steps.add_loss(stats["loss"])
                 if pos.step % config.log_interval == 0 or pos.step == self.stop_step:
-                    bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-                    self.writer.log({"kind": "step", "epoch": pos.epoch + pos.consumed / self.micro_per_epoch,
-                                     "step": pos.step, **stats})
+                    self._log_step({**stats, "img_s": steps.images_per_second()}, bar)
                 if config.checkpoint_interval and pos.step % config.checkpoint_interval == 0:
                     self._save("last.pt")
                 if self.stop_requested or pos.step >= self.stop_step:
@@ -243,9 +243,9 @@ class Trainer:
         if self.stop_requested:
             return {}
         complete = pos.consumed >= self.micro_per_epoch   # else stopped early by max_steps
-        epoch_done = pos.epoch + (1 if complete else pos.consumed / self.micro_per_epoch)
-        row = {"kind": "epoch", "epoch": epoch_done, "step": pos.step,
-               "lr": self.optimizer.param_groups[0]["lr"], "img_s": images_seen / max(elapsed, 1e-9),
+        row = {"kind": "epoch", "epoch": pos.epoch + 1 if complete else self._epochs_done(), "step": pos.step,
+               "train/loss": steps.mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
+               "img_s": images_seen / max(elapsed, 1e-9),
                "peak_mem_mb": peak_memory_mb(self.device), "epoch_time_s": elapsed,
                **totals.compute(self.info, prefix="train/")}
         if complete:
@@ -262,6 +262,20 @@ class Trainer:
             self._save("best.pt")   # first: the last.pt below then records this best, and a kill in between
         self._save("last.pt")       # leaves last.pt behind best.pt, never ahead of it
         return row
+
+    def _epochs_done(self) -> float:
+        """Epochs trained so far, a fraction within one (rounded: a log holds 0.3871, not 0.3870967741935484)."""
+        return round(self.position.epoch + self.position.consumed / self.micro_per_epoch, 4)
+
+    def _log_step(self, stats: dict[str, float], bar: tqdm) -> None:
+        """A "step" row in metrics.jsonl, the bar's postfix, and where no bar shows (no terminal, as in
+        a batch job's log, or progress off) a line on stdout, as timm's train.py prints one."""
+        pos = self.position
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+        self.writer.log({"kind": "step", "epoch": self._epochs_done(), "step": pos.step, **stats})
+        if bar.disable:
+            self._say(f"epoch {pos.epoch + 1}/{self.config.epochs}  step {pos.step}/{self.stop_step}  "
+                      f"loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  img/s {stats['img_s']:.1f}")
 
     def _forward_loss(self, batch):
         with autocast(self.device, self.amp):
@@ -354,6 +368,30 @@ def _rng_untouched():
         yield
     finally:
         set_rng_state(state)
+
+
+class StepLog:
+    """An epoch's mean training loss (over its optimizer steps), and images per second between two
+    step rows (``images`` counts the images trained on since the last row)."""
+
+    def __init__(self):
+        self.loss_sum, self.steps, self.images = 0.0, 0, 0
+        self.since = time.perf_counter()
+
+    def add_loss(self, loss: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    @property
+    def mean_loss(self) -> Optional[float]:
+        return self.loss_sum / self.steps if self.steps else None
+
+    def images_per_second(self) -> float:
+        """Since the last call (or the start); then counts afresh."""
+        now = time.perf_counter()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.images, self.since = 0, now
+        return rate
 
 
 class StepAccumulator:
@@ -496,8 +534,9 @@ def _backbone_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _summary_line(row: dict, metric: str) -> str:
-    parts = [f"epoch {row['epoch']}", f"step {row['step']}"]
-    for key in (f"val/{metric}", "train/select_ratio/mean", "val/gmacs_per_image", "img_s", "peak_mem_mb", "lr"):
+    parts = [f"epoch {row['epoch']:.4g}", f"step {row['step']}"]
+    for key in ("train/loss", f"val/{metric}", "train/select_ratio/mean", "val/gmacs_per_image", "img_s",
+                "peak_mem_mb", "lr"):
         if row.get(key) is not None:
             parts.append(f"{key} {row[key]:.4g}")
     return "  ".join(parts)
