@@ -130,3 +130,10 @@ def test_one_door_for_the_selector():
     assert resolve_config(None, ["selector=spa"]).selector is None
     with pytest.raises(SpaError, match="config: selector 'gumble' is not one of gumbel, topk, gt, all"):
         resolve_config(None, ["selector=gumble"])
+
+
+def test_the_trainer_has_one_task_per_task_a_subset_can_be_labelled_for():
+    from spa_data.recipes import TASKS as DATA_TASKS
+    from spa_train.tasks import TASKS
+
+    assert sorted(TASKS) == sorted(DATA_TASKS) and all(TASKS[name].name == name for name in TASKS)
