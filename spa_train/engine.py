@@ -458,9 +458,10 @@ def check_label_strides(contract: ModelContract, dataset, *, path: str, model: s
     """SpaError unless ``dataset`` holds the selection labels ``contract`` reads, at every stride."""
     missing = sorted(set(contract.label_strides) - set(dataset.strides))
     if missing:
+        both = sorted(set(contract.label_strides) | set(dataset.strides))
         raise SpaError(f"{path}: shards labelled at strides {_strides(dataset.strides)}, but model {model!r} reads "
                        f"selection labels at {_strides(contract.label_strides)} (none at {_strides(missing)}); "
-                       f"label the subset again at {_strides(sorted(set(contract.label_strides) | set(dataset.strides)))}")
+                       f"label the subset again at {_strides(both)}")
 
 
 def _strides(strides) -> str:

@@ -7,8 +7,8 @@ tokens, containers for the FLOPs count), so one DDP-wrapped forward serves the t
 trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
 ``original_sizes`` (detection): the (h, w) the predictions are mapped back to. A detector also
 returns ``input_sizes``: the (h, w) each image's backbone input has when it comes alone (its crop,
-padded as the detector pads), where the FLOPs counter counts it; a classifier's images share the
-batch's canvas.
+padded as the detector pads), where the FLOPs counter counts it; a classifier's are counted on the
+batch's canvas, which every shipped classification recipe makes the same for all its images.
 """
 from __future__ import annotations
 
