@@ -39,7 +39,7 @@ import spa_model
 from spa_train.bench import labels_from_masks, scattered_objects, settle_budgets
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # --quick
-STRIDES = tuple(2 ** k for k in range(2, 7))  # every label stride a model may read (each reads its label_strides)
+STRIDES = tuple(2 ** k for k in range(2, 7))  # every label stride a model may read (each reads its contract().label_strides)
 
 
 class Bench:

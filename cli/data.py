@@ -16,7 +16,8 @@ import click
 
 from cli.common import at_least, debug_option, report_errors
 from cli.data_labels import COMMANDS as LABEL_COMMANDS
-from spa_data.recipes import RATIO_FROM, Recipe, check_ratio_bounds, load_recipe, recipe_names
+from spa_data.ratio import RATIO_FROM
+from spa_data.recipes import Recipe, check_ratio_bounds, load_recipe, recipe_names
 from spa_data.subsets import BuildOptions, Part, RebuildError, build_subset, merge_parts, rebuild_from_manifest
 
 
@@ -76,8 +77,9 @@ def build(subset: Optional[str], root: Optional[Path], split: Optional[str], out
                            missing_images=missing_images)
     summary = build_subset(recipe, options, out, workers=workers, overwrite=overwrite,
                            part=None if part is None else Part(part, num_parts))
-    counts = summary.get("counts") or {"kept": summary["part"]["stats"]["kept"], "seen": summary["part"]["stats"]["seen"]}
-    click.echo(f"{out}: kept {counts['kept']} of {counts['seen']} images ({recipe.name}, {split})")
+    counts = summary.get("counts") or summary["part"]["stats"]
+    click.echo(f"{out}: kept {counts['kept']} of {counts['seen']} images ({recipe.name}, {split})"
+               + (": a part may keep none; the merged subset must keep some" if counts["kept"] == 0 else ""))
 
 
 def _recipe(name_or_file, max_ratio: Optional[float], min_ratio: Optional[float], ratio_from: Optional[str],

@@ -71,18 +71,35 @@ def verify(path: Path, sample: int, subset: Optional[Path], debug: bool) -> None
                f"{report['rederived']} re-derived)")
 
 
+def _comma_list(ctx, param, values: tuple[str, ...]) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _indices(ctx, param, values: tuple[str, ...]) -> list[int]:
+    items = _comma_list(ctx, param, values)
+    bad = [item for item in items if not item.isdigit()]
+    if bad:
+        raise SpaError(f"--index {bad[0]}: not a sample index (0, 1, ...)")
+    return [int(item) for item in items]
+
+
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--n", default=16, show_default=True, help="Number of samples.")
+@click.option("--n", default=16, show_default=True, help="Number of samples, spread over the shards.")
+@click.option("--index", "indices", multiple=True, callback=_indices, metavar="I[,I...]",
+              help="Draw these samples (0-based, in shard order) instead.")
+@click.option("--id", "image_ids", multiple=True, callback=_comma_list, metavar="ID[,ID...]",
+              help="Draw the samples of these image ids instead (with --index: those too).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
 @click.option("--threshold", default=0.0, show_default=True, callback=_threshold,
               help="A cell is selected iff its coverage exceeds this.")
 @debug_option
-def show(path: Path, n: int, out: Path, threshold: float, debug: bool) -> None:
-    """Draw samples with their selection labels at each stride."""
+def show(path: Path, n: int, indices: list[int], image_ids: list[str], out: Path, threshold: float,
+         debug: bool) -> None:
+    """Draw samples with their selection labels at each stride, their boxes and classes, and a legend."""
     from spa_data.visualize import show_samples
 
-    click.echo(str(show_samples(path, out, n=n, select_threshold=threshold)))
+    click.echo(str(show_samples(path, out, n=n, select_threshold=threshold, indices=indices, image_ids=image_ids)))
 
 
 @click.command()

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from cli.common import at_least, debug_option, report_errors
-from spa_train.config import SELECTORS, TASKS
+from spa_data.recipes import TASKS
+from spa_model.selection import SELECTORS
+from spa_train.config import AMP_MODES, DEVICES
 
 
 class DefaultToTrain(click.Group):
@@ -30,23 +33,41 @@ class DefaultToTrain(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]})
+def _config_keys_help() -> str:
+    """The config keys with their defaults and comments, in TrainConfig's sections (click prints a
+    paragraph that starts with a \\b line as written)."""
+    from spa_train.config import describe_keys
+
+    sections: dict[str, list[str]] = {}
+    for key in describe_keys():
+        head = f"  {key.name}={key.default}"
+        sections.setdefault(key.section, []).append(
+            textwrap.fill(key.comment, 110, initial_indent=f"{head:31s} ", subsequent_indent=" " * 32)
+            if key.comment else head)
+    return "\n\n".join(["Config keys, as KEY=VALUE after the options or in a --config file (defaults shown):"] +
+                        [f"\b\n{title}\n" + "\n".join(lines) for title, lines in sections.items()])
+
+
+CONFIG_KEYS_HELP = _config_keys_help()
+
+
+@click.group(cls=DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]}, epilog=CONFIG_KEYS_HELP)
 def group() -> None:
     """Train and evaluate Swin and SPT (Select and Pack Transformer) on spa shards."""
 
 
-@group.command(context_settings={"help_option_names": ["-h", "--help"]})
+@group.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=CONFIG_KEYS_HELP)
 @click.option("--shards", help="Training shards (a `spa-data labels` output, or its subset directory).")
 @click.option("--val-shards", help="Validation shards.")
 @click.option("--task", type=click.Choice(TASKS), help="Task; must match the shards.")
 @click.option("--model", help="spa_model name: swin_tiny, spt_tiny, swin_small, ...")
-@click.option("--selector", type=click.Choice(SELECTORS),
-              help="SPT token selector: spa (the paper's Gumbel gate), topk, gt (oracle labels), all.")
+@click.option("--selector", type=click.Choice(list(SELECTORS)),
+              help="SPT token selector: gumbel (the paper's gate), topk, gt (oracle labels), all [config: the model's].")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML or TOML config file.")
 @click.option("--out", help="Run directory (config.yaml, metrics, checkpoints, curves.png).")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue from a checkpoint or run directory (its last.pt); its config is the base.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device [config: auto].")
+@click.option("--device", type=click.Choice(DEVICES), help="Device [config: auto].")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @debug_option
 def train(shards: Optional[str], val_shards: Optional[str], task: Optional[str], model: Optional[str],
@@ -67,7 +88,7 @@ def train(shards: Optional[str], val_shards: Optional[str], task: Optional[str],
 @group.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="A spa-train checkpoint (.pt).")
 @click.option("--shards", required=True, help="Shards to evaluate on (same task and classes).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True, callback=at_least(1),
               help="Images per batch (per process).")
 @click.option("--num-workers", default=2, show_default=True, callback=at_least(0), help="DataLoader workers.")
@@ -88,19 +109,20 @@ def evaluate(checkpoint: Path, shards: str, device: str, batch_size: int, num_wo
 @click.option("--model", required=True, help="spa_model name.")
 @click.option("--size", nargs=2, type=int, default=(224, 224), show_default=True, metavar="H W", help="Input size.")
 @click.option("--batch", default=32, show_default=True, help="Batch size.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--selector", type=click.Choice(SELECTORS), default="spa", show_default=True,
-              help="gt selects the labels of the scattered objects (gate evaluated).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--selector", type=click.Choice(list(SELECTORS)),
+              help="SPT token selector [default: the model's]; gt selects the labels of the scattered objects "
+                   "(gate evaluated).")
 @click.option("--share", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Share of the stride-16 cells the scattered objects cover.")
 @click.option("--steps", default=10, show_default=True, help="Timed steps (median reported).")
 @click.option("--warmup", default=3, show_default=True, help="Untimed steps first.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results to this JSON file.")
 @click.argument("model_args", nargs=-1, metavar="[KEY=VALUE]...")
 @debug_option
-def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: str, share: float, steps: int,
-          warmup: int, amp: str, json_out: Optional[Path], model_args: tuple[str, ...], debug: bool) -> None:
+def bench(model: str, size: tuple[int, int], batch: int, device: str, selector: Optional[str], share: float,
+          steps: int, warmup: int, amp: str, json_out: Optional[Path], model_args: tuple[str, ...], debug: bool) -> None:
     """Throughput (img/s, inference and training step) and MACs per image of a model config."""
     from spa_train.bench import bench_model
     from spa_train.config import parse_override

@@ -20,11 +20,11 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from spa_data.errors import SpaError
+from spa_data.ratio import RATIO_FROM
+from spa_data.sources import SOURCES
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
-SOURCES = ("coco", "bdd", "voc", "tiny-imagenet")
-TASKS = ("det", "multilabel", "cls")
-RATIO_FROM = ("auto", "masks", "boxes")
+TASKS = ("det", "multilabel", "cls")   # what a subset is labelled for; spa_train has one task per name
 _KEYS = {"name", "source", "task", "splits", "max_ratio", "min_ratio", "ratio_from", "crowd", "pad", "geometry"}
 
 
@@ -45,7 +45,8 @@ class Recipe:
 
     def __post_init__(self):
         check_ratio_bounds(self.min_ratio, self.max_ratio, where=f"recipe {self.name}")
-        _require(self.source in SOURCES, f"recipe {self.name}: source {self.source!r} is not one of {', '.join(SOURCES)}")
+        _require(self.source in SOURCES,
+                 f"recipe {self.name}: source {self.source!r} is not one of {', '.join(sorted(SOURCES))}")
         _require(self.task in TASKS, f"recipe {self.name}: task {self.task!r} is not one of {', '.join(TASKS)}")
         _require(self.ratio_from in RATIO_FROM,
                  f"recipe {self.name}: ratio_from {self.ratio_from!r} is not one of {', '.join(RATIO_FROM)}")

@@ -324,6 +324,7 @@ def build_subset(recipe: Recipe, options: BuildOptions, out: Path, *, workers: i
         meta = _meta(recipe, options, source)
         if part is None:
             summary = _summary(meta, stats, dict(source.skipped), _file_digests(tmp))
+            _refuse_empty(out, summary)
             _write_outputs(tmp, summary)
         else:
             summary = {**meta, "part": {"index": part.index, "count": part.count, "start": start, "stop": stop,
@@ -424,6 +425,16 @@ def _file_digests(directory: Path) -> dict:
     return out
 
 
+def _refuse_empty(out: Path, summary: dict) -> None:
+    """A subset of no image is nothing to label or train on: SpaError saying why each image was left
+    out (a part may keep none; its merge is checked)."""
+    counts = summary["counts"]
+    if counts["kept"] == 0:
+        dropped = ", ".join(f"{reason} {n}" for reason, n in counts["dropped"].items()) or "none"
+        raise SpaError(f"{out}: kept 0 of {counts['seen']} images ({summary['subset']}, {summary['split']}; "
+                       f"dropped: {dropped}): an empty subset is not written")
+
+
 def _write_outputs(directory: Path, summary: dict) -> None:
     _write_json(directory / SUMMARY, summary)
     plot_histogram(summary, directory / HISTOGRAM_PNG)
@@ -522,6 +533,7 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
                 raise SpaError(f"{d}: {MANIFEST}/{ANNOTATIONS} do not hold the {part_stats.kept} images its summary counts")
             stats += part_stats
         summary = _summary(meta, stats, first["part"]["source_skipped"], _file_digests(tmp))
+        _refuse_empty(out, summary)
         _write_outputs(tmp, summary)
     return summary
 

@@ -7,7 +7,7 @@ Per module, as Swin's ``flops()`` methods (microsoft/Swin-Transformer) count the
   q k^T and attn v 2 N_p M^2 C, proj N_p C^2, MLP 2 HWC (r C), norm2 HWC. Attention is counted on the
   padded windows because they are computed (at 224x224 nothing is padded);
 * SPA block: norm1 HWC, gate HWC (not with the "all" selector, which skips it), then from the
-  containers the batch actually used (``FeatureOutput.containers``): qkv and proj on containers x L
+  containers the image's tokens actually fill (``FeatureOutput.containers``): qkv and proj on containers x L
   slots (the packed op projects every slot of a used container, padding included), attention
   2 containers L^2 C; MLP and norm2 on all tokens. Sigmoid gating, softmax, bias and masks are not
   counted (Swin counts none of its element-wise ops except norms);
@@ -19,8 +19,11 @@ Per module, as Swin's ``flops()`` methods (microsoft/Swin-Transformer) count the
   map), QK^T and AV on every key of a query's neighbourhood, masked ones included (they are
   computed), and the norms; the MLPs on their tokens. Max pooling, like softmax, is not counted.
 
-Counts are per image: a batch's container counts are divided by the batch size (so the report is
-the average image's MACs). Swin-T at 224x224 with the 1000-class head: 4.49 G (Swin reports 4.5 G).
+Counts are per image, the report the mean over a batch's images. A batch padded to its largest
+image computes more than its images would alone; given each image's own size (``image_sizes``)
+the counter counts each there, so an image's figure does not depend on its batch (the trainer's
+``val/gmacs_per_image`` for detection, whose batches mix sizes). Swin-T at 224x224 with the
+1000-class head: 4.49 G (Swin reports 4.5 G).
 ``norm_macs=5, duplicated_kv=True`` counts as fvcore counted the authors' STViT-R code (norms 5
 MACs per element, K/V normed and projected once per neighbourhood copy): their logged 5.826 G
 (STViT-R-S) and 10.264 G (B) at 224x224 with ``form="cls"``.
@@ -28,6 +31,7 @@ MACs per element, K/V normed and projected once per neighbourhood copy): their l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -56,18 +60,21 @@ class FlopsReport:
         return "\n".join(lines + [f"{'total':28s} {self.total / 1e9:10.3f} G MACs per image"])
 
 
-def _swin_block_macs(block: SwinBlock, grid: WindowGrid, dim: int, norm_macs: int) -> float:
-    tokens = grid.height * grid.width
-    padded = grid.padded[0] * grid.padded[1]
-    length = grid.window ** 2
+def _padded_tokens(height: int, width: int, window: int) -> int:
+    return -(-height // window) * window * -(-width // window) * window
+
+
+def _swin_block_macs(block: SwinBlock, height: int, width: int, window: int, dim: int, norm_macs: int) -> float:
+    tokens = height * width
+    padded = _padded_tokens(height, width, window)
+    length = window ** 2
     hidden = block.mlp.fc1.out_features
     attention = padded * dim * 3 * dim + 2 * padded * length * dim + padded * dim * dim
     return 2 * norm_macs * tokens * dim + attention + 2 * tokens * dim * hidden
 
 
-def _spa_block_macs(block: SpaBlock, grid: WindowGrid, dim: int, containers: float, uses_gate: bool,
+def _spa_block_macs(block: SpaBlock, tokens: int, dim: int, containers: float, uses_gate: bool,
                     norm_macs: int) -> float:
-    tokens = grid.height * grid.width
     slots = containers * block.container_len
     hidden = block.mlp.fc1.out_features
     attention = slots * dim * 4 * dim + 2 * slots * block.container_len * dim
@@ -107,7 +114,7 @@ def _semantic_stage_macs(stage: SemanticStage, height: int, width: int, dim: int
     macs = {}
     for index, block in enumerate(stage.blocks):
         if isinstance(block, SwinBlock):
-            count = _swin_block_macs(block, grid.windows, dim, norm_macs)
+            count = _swin_block_macs(block, height, width, stage.window, dim, norm_macs)
         elif isinstance(block, SemanticTokenGeneration):
             pooled = per_window if block.pooled_keys else 0
             count = attention(semantic, grid.stgm1_index.shape[1] + pooled, windows,
@@ -130,20 +137,77 @@ def _semantic_stage_macs(stage: SemanticStage, height: int, width: int, dim: int
 
 
 @torch.no_grad()
-def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput, *, norm_macs: int = 1,
+def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput, *,
+                image_sizes: Sequence[tuple[int, int]] | None = None, norm_macs: int = 1,
                 duplicated_kv: bool = False) -> FlopsReport:
-    """MACs per image of ``model`` on a batch (run here if ``images_or_output`` is a tensor).
+    """MACs per image of ``model`` on a batch (run here if ``images_or_output`` is a tensor): the mean
+    over its images.
 
-    ``norm_macs``: MACs per normalised element (Swin: 1, fvcore: 5); ``duplicated_kv``: count STViT-R's
-    keys as the authors' code computes them (see the module docstring).
+    ``image_sizes``: each image's own input size (h, w) in pixels, the one it is fed at alone (a
+    detector's crop, not the batch's padded canvas). Each image is then counted on its own grids, its
+    SPA blocks on the tokens it placed there, so the figure does not depend on the batch an image
+    came in. None: every image at the batch's size. ``norm_macs``: MACs per normalised element
+    (Swin: 1, fvcore: 5); ``duplicated_kv``: count STViT-R's keys as the authors' code computes them
+    (see the module docstring).
     """
     output = images_or_output
     if isinstance(output, Tensor):
         output = model.forward_features(output)
     batch = output.features[0].shape[0]
-    grids_hw = [tuple(f.shape[-2:]) for f in output.features]
-    containers = iter([float(c) / batch for c in output.containers])
-    cfg = model.cfg
+    batch_grids = [tuple(f.shape[-2:]) for f in output.features]
+    own = None if image_sizes is None else \
+        [[(-(-h // stride), -(-w // stride)) for stride in model.strides] for h, w in image_sizes]
+    containers = _image_containers(model, output, batch_grids, own)
+    per_module: dict[str, float] = {}
+    counted: dict[tuple, dict[str, float]] = {}
+    for index in range(batch):
+        grids = batch_grids if own is None else own[index]
+        key = (tuple(grids), tuple(blocks[index] for blocks in containers))
+        if key not in counted:
+            counted[key] = _image_macs(model, grids, key[1], norm_macs=norm_macs, duplicated_kv=duplicated_kv)
+        for name, macs in counted[key].items():
+            per_module[name] = per_module.get(name, 0.0) + macs / batch
+    return FlopsReport(per_module, batch)
+
+
+def _image_containers(model: SwinTransformer, output: FeatureOutput, batch_grids: list[tuple[int, int]],
+                      own: list[list[tuple[int, int]]] | None) -> list[list[float]]:
+    """Containers each image's tokens fill in each SPA block: one list per block, one entry per image.
+
+    Without ``own`` grids (per stage, per image), an image's placed tokens (the batch-wide layout: the
+    batch's containers shared out); with them, the tokens it placed inside its own grid, and for the
+    "all" selector its own windows (what Swin computes, padding included).
+    """
+    sites = [(stage_index, stage.window, block) for stage_index, stage in enumerate(model.stages)
+             for block in stage.blocks if isinstance(block, SpaBlock)]
+    batch = output.features[0].shape[0]
+    result = []
+    for (stage_index, window, block), selection in zip(sites, output.blocks):
+        plan, length = selection.plan, selection.plan.container_len
+        if own is None:
+            result.append(((plan.placed + length - 1) // length).tolist() if plan.per_image
+                          else [float(plan.containers_used) / batch] * batch)
+            continue
+        if model.selector.keeps_padding:
+            tokens = [_padded_tokens(*grids[stage_index], window) for grids in own]
+            result.append([-(-n // length) if plan.per_image else n / length for n in tokens])
+            continue
+        height, width = batch_grids[stage_index]
+        device = plan.token_slot.device
+        grid = WindowGrid.cached(height, width, window=window, shift=window // 2 if block.shifted else 0,
+                                 device=device)
+        sizes = torch.tensor([grids[stage_index] for grids in own], device=device)
+        rows, cols = grid.token_pixel // width, grid.token_pixel % width
+        inside = grid.token_is_real & (rows < sizes[:, :1]) & (cols < sizes[:, 1:])
+        placed = ((plan.token_slot < plan.num_slots).view(batch, -1) & inside).sum(1)
+        result.append(((placed + length - 1) // length).tolist() if plan.per_image else (placed / length).tolist())
+    return result
+
+
+def _image_macs(model: SwinTransformer, grids_hw: Sequence[tuple[int, int]], containers: Sequence[float], *,
+                norm_macs: int, duplicated_kv: bool) -> dict[str, float]:
+    """MACs of one image per module, on its stage grids, its SPA blocks filling ``containers``."""
+    containers = iter(containers)
     uses_gate = model.selector.uses_gate
     macs: dict[str, float] = {}
     height, width = grids_hw[0]
@@ -159,15 +223,13 @@ def count_flops(model: SwinTransformer, images_or_output: Tensor | FeatureOutput
         if stage.entry_gate is not None and uses_gate:
             prev_h, prev_w = grids_hw[index - 1]
             macs[f"{name}.entry_gate"] = 2 * prev_h * prev_w * (dim // 2)
-        grid, shifted_grid = (WindowGrid.build(height, width, window=stage.window, shift=s, device=torch.device("cpu"))
-                              for s in (0, stage.window // 2))
         for j, block in enumerate(stage.blocks):
-            block_grid = shifted_grid if block.shifted else grid
             macs[f"{name}.blocks.{j}"] = (
-                _spa_block_macs(block, block_grid, dim, next(containers), uses_gate, norm_macs)
-                if isinstance(block, SpaBlock) else _swin_block_macs(block, block_grid, dim, norm_macs))
+                _spa_block_macs(block, height * width, dim, next(containers), uses_gate, norm_macs)
+                if isinstance(block, SpaBlock) else
+                _swin_block_macs(block, height, width, stage.window, dim, norm_macs))
     height, width = grids_hw[-1]
     macs["norm"] = norm_macs * height * width * model.feature_channels[-1]
     if model.num_classes > 0:
         macs["head"] = model.feature_channels[-1] * model.num_classes
-    return FlopsReport(macs, batch)
+    return macs

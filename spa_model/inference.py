@@ -34,8 +34,7 @@ class GraphedFeatures:
     """
 
     def __init__(self, model: nn.Module, *, max_graphs: int = 8, capture_after: int = 1, warmup: int = 2):
-        spa = getattr(getattr(model, "cfg", None), "spa", None)
-        if spa is not None and spa.capacity == "exact":
+        if not model.contract().static_shapes:
             raise ValueError("CUDA graphs need static shapes: build the SPT with capacity 'auto' or a share, "
                              "not 'exact'")
         self.model = model

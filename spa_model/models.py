@@ -44,15 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import stochastic_depth
 
-from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowGrid
+from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowAttention, WindowGrid
 from .budget import TokenBudget
 from .packed_attention import packed_attention, scatter_add_rows, slot_rows
 from .packing import PackPlan, max_containers, plan_packing
-from .selection import (AllSelector, GumbelSelector, OracleSelector, SelectionState, Selector,
-                        TopKSelector, prior_logit)
+from .selection import SELECTORS, AllSelector, SelectionState, build_selector, prior_logit
 
-__all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "BlockSelection", "SpaBlock", "SwinStage",
-           "SwinTransformer", "register_model", "create_model", "list_models"]
+__all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "BlockSelection", "SpaBlockSite", "ModelContract", "SpaBlock",
+           "SwinStage", "SwinTransformer", "register_model", "create_model", "list_models"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class SpaConfig:
 
     spa_stages: tuple[int, ...] = (2, 3)
     spa_blocks: tuple[int, ...] | None = None  # blocks (0-based over all stages); None: all of spa_stages
-    selector: str = "gumbel"                  # gumbel | topk | gt | all (spa_model.selection)
+    selector: str = "gumbel"                  # a name in spa_model.selection.SELECTORS: gumbel | topk | gt | all
     threshold: float = 0.01                   # gumbel: keep iff sigmoid((s + g) / tau) > threshold
     gate_prior: float | None = None           # gate biases start where training keeps this share; None: 0 (paper)
     tau: float = 1.0
@@ -74,6 +73,8 @@ class SpaConfig:
     backend: str = "auto"                     # packed attention kernel
 
     def __post_init__(self):
+        if self.selector not in SELECTORS:
+            raise ValueError(f"unknown selector {self.selector!r}; expected one of {', '.join(SELECTORS)}")
         if isinstance(self.capacity, str) and self.capacity not in ("auto", "exact"):
             raise ValueError(f"capacity {self.capacity!r}: expected 'auto', 'exact' or a share in (0, 1]")
         if not isinstance(self.capacity, str) and not 0 < float(self.capacity) <= 1:
@@ -147,12 +148,25 @@ class FeatureOutput:
         return [block.dropped for block in self.blocks]
 
 
-_SELECTOR_BUILDERS: dict[str, Callable[[SpaConfig], Selector]] = {
-    "gumbel": lambda spa: GumbelSelector(spa.threshold, spa.tau, spa.stochastic_eval),
-    "topk": lambda spa: TopKSelector(spa.keep_ratio),
-    "gt": lambda spa: OracleSelector(),
-    "all": lambda spa: AllSelector(),
-}
+@dataclass(frozen=True)
+class SpaBlockSite:
+    """Where one SPA block sits: ``block`` 0-based over all blocks, ``stage`` 0-based, the stage's ``stride``."""
+
+    block: int
+    stage: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a backbone consumes and how it trains, declared for the code that drives it
+    (:meth:`SwinTransformer.contract`): a trainer asks this instead of inspecting modules."""
+
+    label_strides: tuple[int, ...]        # selection labels it reads: its gates' loss targets, the oracle's choice
+    spa_blocks: tuple[SpaBlockSite, ...]  # in forward order: FeatureOutput.blocks[i] comes from spa_blocks[i]
+    needs_labels: bool                    # forward_features must get select_labels (the oracle "gt" selector)
+    unused_parameters: bool               # some parameters get no gradient (the gates under "all"): DDP must look
+    static_shapes: bool                   # no data-dependent sizes: torch.compile and CUDA graphs, no host syncs
 
 
 class SpaBlock(SwinBlock):
@@ -294,7 +308,7 @@ class SwinTransformer(nn.Module):
         stage_spa_blocks = [{b - start for b in spa_blocks if start <= b < start + depth}  # 0-based in the stage
                             for start, depth in zip(starts, cfg.depths)]
         first_spa = next((i for i, blocks in enumerate(stage_spa_blocks) if blocks), None)
-        self.selector = _SELECTOR_BUILDERS[cfg.spa.selector](cfg.spa) if cfg.spa else AllSelector()
+        self.selector = build_selector(cfg.spa.selector, cfg.spa) if cfg.spa else AllSelector()
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.embed_dim, cfg.patch_size)
         total = sum(cfg.depths)  # stochastic depth grows linearly over all blocks (as torchvision)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -314,19 +328,31 @@ class SwinTransformer(nn.Module):
                     [stage.entry_gate[1] for stage in self.stages if stage.entry_gate is not None]:
                 nn.init.constant_(gate.bias, bias)
 
-    @property
-    def label_strides(self) -> tuple[int, ...]:
-        """Strides of the selection labels this model reads: its gates' score maps (the selection
-        loss) and the oracle selector's choice. Empty for Swin and the "all" selector."""
-        if not self.selector.uses_gate:
-            return ()
+    def contract(self) -> ModelContract:
+        """What this model consumes and how it trains (see :class:`ModelContract`). Label strides
+        are those of its gates' score maps; none for Swin, STViT-R and the "all" selector."""
+        sites, block = [], 0
+        for index, stage in enumerate(self.stages):
+            for module in stage.blocks:
+                if isinstance(module, SpaBlock):
+                    sites.append(SpaBlockSite(block, index, stage.stride))
+                block += 1
         strides = set()
-        for stage in self.stages:
-            if stage.entry_gate is not None:
-                strides.add(stage.stride // 2)
-            if any(isinstance(block, SpaBlock) for block in stage.blocks):
-                strides.add(stage.stride)
-        return tuple(sorted(strides))
+        if self.selector.uses_gate:
+            strides = {site.stride for site in sites} | {stage.stride // 2 for stage in self.stages
+                                                         if getattr(stage, "entry_gate", None) is not None}
+        spa = self.cfg.spa
+        return ModelContract(label_strides=tuple(sorted(strides)), spa_blocks=tuple(sites),
+                             needs_labels=bool(sites) and self.selector.needs_labels,
+                             unused_parameters=bool(sites) and not self.selector.uses_gate,
+                             static_shapes=spa is None or spa.capacity != "exact")
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters to train without weight decay (timm's convention, which optimizers ask): the
+        relative-position bias tables, as Swin's recipes exempt them. Biases and norms (1-D) are the
+        optimizer's own rule."""
+        return {f"{name}.relative_position_bias_table" for name, module in self.named_modules()
+                if isinstance(module, WindowAttention)}
 
     def forward_features(self, images: Tensor, select_labels: dict[int, Tensor] | None = None) -> FeatureOutput:
         """Backbone pass: feature pyramid, gate score maps, selection ratios, containers used."""
@@ -413,8 +439,6 @@ def _build(cfg: SwinConfig, num_classes: int, overrides: dict) -> SwinTransforme
         raise ValueError(f"spa_stages {cfg.spa.spa_stages}: the model has stages 0-{len(cfg.depths) - 1}")
     if cfg.spa and not spa_block_indices(cfg) <= set(range(sum(cfg.depths))):
         raise ValueError(f"spa_blocks {cfg.spa.spa_blocks}: the model has blocks 0-{sum(cfg.depths) - 1}")
-    if cfg.spa and cfg.spa.selector not in _SELECTOR_BUILDERS:
-        raise ValueError(f"unknown selector {cfg.spa.selector!r}; expected {', '.join(_SELECTOR_BUILDERS)}")
     return SwinTransformer(cfg, num_classes=num_classes)
 
 

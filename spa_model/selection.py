@@ -5,7 +5,8 @@ Scores are logits on a block's (unpadded) grid, (B, H, W). A selector turns them
 choice itself, a straight-through ``weight`` (1.0 / 0.0 in the forward pass) that the SPA block
 multiplies into the attention input (the paper's r_p = GumbelSoftmax(s) * r_g).
 
-Selectors (``SpaConfig.selector``):
+Selectors (``SpaConfig.selector``; :data:`SELECTORS` is the one table of their names, which the
+trainer and its command line offer too):
 
 * ``"gumbel"`` (the paper's): Gumbel-sigmoid with a threshold, as in the authors' predecessor code
   (destiny301/SSR ``gumbel_sigmoid``): ``soft = sigmoid((s + g) / tau)``, g ~ Gumbel(0, 1),
@@ -20,15 +21,16 @@ Selectors (``SpaConfig.selector``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Selection", "Selector", "GumbelSelector", "TopKSelector", "OracleSelector", "AllSelector",
-           "SELECTORS", "SelectionState", "gumbel_sigmoid", "prior_logit", "labels_on_grid", "selection_loss"]
+           "SELECTORS", "build_selector", "SelectionState", "gumbel_sigmoid", "prior_logit", "labels_on_grid",
+           "selection_loss"]
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Selection:
 
 
 class Selector(Protocol):
-    uses_gate: bool      # False: scores are not computed at all
-    keeps_padding: bool  # True: window padding tokens are kept too (only "all", to equal Swin)
+    uses_gate: ClassVar[bool]      # False: scores are not computed at all
+    keeps_padding: ClassVar[bool]  # True: window padding tokens are kept too (only "all", to equal Swin)
+    needs_labels: ClassVar[bool]   # True: chooses from the selection labels, which the forward must then get
 
     def __call__(self, scores: Tensor | None, *, labels: Tensor | None, training: bool) -> Selection: ...
 
@@ -82,8 +85,9 @@ class GumbelSelector:
     threshold: float = 0.01
     tau: float = 1.0
     stochastic_eval: bool = False
-    uses_gate: bool = True
-    keeps_padding: bool = False
+    uses_gate: ClassVar[bool] = True
+    keeps_padding: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
 
     def __call__(self, scores: Tensor, *, labels: Tensor | None, training: bool) -> Selection:
         return gumbel_sigmoid(scores, tau=self.tau, threshold=self.threshold,
@@ -93,8 +97,9 @@ class GumbelSelector:
 @dataclass
 class TopKSelector:
     keep_ratio: float = 0.5
-    uses_gate: bool = True
-    keeps_padding: bool = False
+    uses_gate: ClassVar[bool] = True
+    keeps_padding: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
 
     def __call__(self, scores: Tensor, *, labels: Tensor | None, training: bool) -> Selection:
         batch, height, width = scores.shape
@@ -106,8 +111,9 @@ class TopKSelector:
 
 @dataclass
 class OracleSelector:
-    uses_gate: bool = True
-    keeps_padding: bool = False
+    uses_gate: ClassVar[bool] = True
+    keeps_padding: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = True
 
     def __call__(self, scores: Tensor, *, labels: Tensor | None, training: bool) -> Selection:
         if labels is None:
@@ -117,16 +123,26 @@ class OracleSelector:
 
 @dataclass
 class AllSelector:
-    uses_gate: bool = False
-    keeps_padding: bool = True
+    uses_gate: ClassVar[bool] = False
+    keeps_padding: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False
 
     def __call__(self, scores: Tensor | None, *, labels: Tensor | None, training: bool) -> Selection:
         raise RuntimeError("AllSelector keeps every token; the SPA block does not ask it")
 
 
-SELECTORS: Mapping[str, Callable[..., Selector]] = {
+SELECTORS: Mapping[str, type] = {
     "gumbel": GumbelSelector, "topk": TopKSelector, "gt": OracleSelector, "all": AllSelector,
 }
+
+
+def build_selector(name: str, settings: Any) -> Selector:
+    """The selector registered as ``name``, its fields read from ``settings`` (a ``SpaConfig``, whose
+    fields of the same names are the selectors' settings)."""
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; expected one of {', '.join(SELECTORS)}")
+    cls = SELECTORS[name]
+    return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def labels_on_grid(labels: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -149,6 +165,9 @@ def selection_loss(scores: Mapping[int, list[Tensor]], select_labels: Mapping[in
     for stride, maps in scores.items():
         if not maps:
             continue
+        if stride not in select_labels:
+            raise ValueError(f"selection_loss: gates score at stride {stride} but the selection labels are at "
+                             f"strides {', '.join(map(str, sorted(select_labels))) or 'none'}")
         target = labels_on_grid(select_labels[stride], maps[0].shape[-2:]).float()
         for logits in maps:
             term = F.binary_cross_entropy_with_logits(logits.float(), target)

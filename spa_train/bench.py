@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from spa_data.errors import SpaError
 from spa_train.runtime import autocast, peak_memory_mb, reset_peak_memory, resolve_device, synchronize, use_amp
-from spa_train.tasks import SELECTOR_NAMES
+from spa_train.tasks import backbone_options
 
 __all__ = ["scattered_objects", "labels_from_masks", "settle_budgets", "bench_model"]
 
@@ -84,7 +84,7 @@ def settle_budgets(model: torch.nn.Module, batches: list[tuple[torch.Tensor, dic
 
 
 def bench_model(name: str, *, size: tuple[int, int] = (224, 224), batch: int = 32, device: str = "auto",
-                steps: int = 10, warmup: int = 3, amp: str = "auto", selector: str = "spa", share: float = 0.25,
+                steps: int = 10, warmup: int = 3, amp: str = "auto", selector: str | None = None, share: float = 0.25,
                 model_args: dict | None = None) -> dict[str, Any]:
     """Images per second of ``forward_features`` (eager, and CUDA graphs on CUDA) and of an AdamW step."""
     import spa_model
@@ -93,15 +93,12 @@ def bench_model(name: str, *, size: tuple[int, int] = (224, 224), batch: int = 3
         raise SpaError(f"unknown model {name!r}; known: {', '.join(spa_model.list_models())}")
     torch_device = resolve_device(device)
     amp_on = use_amp(amp, torch_device)
-    kwargs = dict(model_args or {})
-    if selector != "spa":
-        kwargs["selector"] = SELECTOR_NAMES[selector]
     try:
-        model = spa_model.create_model(name, **kwargs).to(torch_device)
+        model = spa_model.create_model(name, **backbone_options(selector, model_args or {})).to(torch_device)
     except (TypeError, ValueError) as e:
         raise SpaError(f"model {name!r} does not fit: {e}") from None
     height, width = size
-    strides = getattr(model, "label_strides", ())
+    strides = model.contract().label_strides
     batches = []
     for seed in range(4):
         images = torch.randn(batch, 3, height, width, device=torch_device)

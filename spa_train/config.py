@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,9 +33,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 from spa_data.errors import SpaError
 from spa_data.io import atomic_write
+from spa_data.recipes import TASKS
+from spa_model.selection import SELECTORS
 
-TASKS = ("cls", "multilabel", "det")
-SELECTORS = ("spa", "topk", "gt", "all")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "off")
 LR_SCHEDULES = ("cosine", "step")
@@ -46,8 +48,9 @@ class TrainConfig:
     # what
     task: str = "cls"                       # cls | multilabel | det; must match the shards
     model: str = "spt_tiny"                 # a spa_model.create_model name
-    selector: str = "spa"                   # spa | topk | gt | all (SPT only; Swin has no selector)
-    model_args: dict = field(default_factory=dict)   # extra create_model keyword overrides
+    selector: Optional[str] = None          # SPT's token selector: gumbel (the paper's) | topk | gt (oracle labels)
+                                            # | all; None: the model's own
+    model_args: dict = field(default_factory=dict)   # extra create_model keyword overrides (not the selector)
     pretrained: Optional[str] = None        # backbone start: a torchvision weights name (Swin_T_Weights.IMAGENET1K_V1)
                                             # or a file (torchvision or official Swin state dict); None: random
     shards: str = ""                        # training shards (DIR or DIR/shards)
@@ -94,15 +97,19 @@ class TrainConfig:
     deterministic: bool = True              # deterministic kernels where torch has them (CPU runs are exact)
 
     # bookkeeping
-    log_interval: int = 10                  # steps between metrics.jsonl "step" rows
+    log_interval: int = 10                  # steps between "step" rows in metrics.jsonl (and lines on stdout
+                                            # where no progress bar shows)
     eval_interval: int = 1                  # epochs between validations
     checkpoint_interval: int = 0            # steps between last.pt writes (0: each epoch end only)
-    progress: bool = True                   # tqdm bars on stderr
+    progress: bool = True                   # tqdm bars on stderr, on a terminal
     curves: bool = True                     # curves.png at the end of the run
 
     def __post_init__(self):
         _check_choice("task", self.task, TASKS)
-        _check_choice("selector", self.selector, SELECTORS)
+        if self.selector == "spa":  # its name in configs saved before the trainer took spa_model's names
+            self.selector = None
+        if self.selector is not None:
+            _check_choice("selector", self.selector, tuple(SELECTORS))
         _check_choice("device", self.device, DEVICES)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -143,6 +150,50 @@ class TrainConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as ``--help`` lists it: its section and comment come from TrainConfig's source."""
+
+    section: str
+    name: str
+    default: str     # in the syntax key=value takes
+    comment: str
+
+
+def describe_keys() -> list[KeyDoc]:
+    """Every TrainConfig field with its default and the comments written beside it in the class."""
+    try:
+        source = inspect.getsource(TrainConfig)
+    except OSError:  # no source shipped (a zipped or bytecode-only install): names and defaults only
+        source = ""
+    comments: dict[str, list[str]] = {}
+    sections: dict[str, str] = {}
+    section, last, names = "", None, set(field_names())
+    for line in source.splitlines():
+        field_match = re.match(r" {4}(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        comment_match = re.match(r"( +)#\s*(.*)$", line)
+        if field_match and field_match.group(1) in names:
+            last = field_match.group(1)
+            sections[last] = section
+            comments[last] = [field_match.group(2)] if field_match.group(2) else []
+        elif comment_match and len(comment_match.group(1)) == 4:   # a section title, e.g. "# runtime"
+            section, last = comment_match.group(2), None
+        elif comment_match and last is not None:                    # a comment continued on the next line
+            comments[last].append(comment_match.group(2))
+        elif not line.strip():
+            last = None
+    defaults = TrainConfig().to_dict()
+    return [KeyDoc(sections.get(name, ""), name, _value_text(defaults[name]), " ".join(comments.get(name, [])))
+            for name in field_names()]
+
+
+def _value_text(value: Any) -> str:
+    """A value as ``key=value`` on the command line gives it (YAML syntax, one shell word; text as is)."""
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
 def resolve_config(file: Optional[str | Path] = None, overrides: typing.Iterable[str] = (), *,

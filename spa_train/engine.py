@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from spa_data.errors import SpaError
 from spa_data.io import foreign_entries
 from spa_data.jitter import check_short_sides
+from spa_model.models import ModelContract
 from spa_model.weights import load_pretrained
 from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from spa_train.config import TrainConfig, build_config, save_config
@@ -121,6 +122,10 @@ class Trainer:
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
 
         model = build_task_model(config, self.train_set)
+        self.contract = model.backbone.contract()
+        for path, dataset in ((config.shards, self.train_set), (config.val_shards, self.val_set)):
+            if dataset is not None:
+                check_label_strides(self.contract, dataset, path=path, model=config.model)
         if config.pretrained and resume_state is None:
             for line in load_pretrained(model.backbone, config.pretrained).lines():
                 self._say(line)
@@ -142,13 +147,11 @@ class Trainer:
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.info.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # unused parameters: the detector's heads on images without objects; the gates with
-            # the "all" selector (nothing to score)
-            unused = self.config.task == "det" or self.config.selector == "all"
+            unused = self.task.unused_parameters or self.contract.unused_parameters
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                               find_unused_parameters=unused)
         if self.config.compile:
-            if any(getattr(m, "spa", None) and m.spa.capacity == "exact" for m in model.modules()):
+            if not self.contract.static_shapes:
                 self._say("compile=true with an SPT whose capacity is 'exact': every SPA block syncs with the host "
                           "and recompiles as the selection changes; the default capacity 'auto' is static")
             model = torch.compile(model)
@@ -205,7 +208,7 @@ class Trainer:
                 self.pending_rng = None
             self.batch_iterator = iter(self.loader)
 
-        totals = EpochTotals(self.device)
+        totals, steps = EpochTotals(self.device, self.contract), StepLog()
         reset_peak_memory(self.device)
         start, images_seen = time.perf_counter(), 0
         bar = tqdm(total=self.micro_per_epoch // config.grad_accum_steps,
@@ -222,14 +225,14 @@ class Trainer:
             totals.add(out, batch)
             pos.consumed += 1
             images_seen += len(batch.image_ids) * self.info.world_size
+            steps.images += len(batch.image_ids) * self.info.world_size
             if is_last_micro:
                 stats = self._optimizer_step(accum)
                 accum = StepAccumulator(self.device)
                 bar.update(1)
+                steps.add_loss(stats["loss"])
                 if pos.step % config.log_interval == 0 or pos.step == self.stop_step:
-                    bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-                    self.writer.log({"kind": "step", "epoch": pos.epoch + pos.consumed / self.micro_per_epoch,
-                                     "step": pos.step, **stats})
+                    self._log_step({**stats, "img_s": steps.images_per_second()}, bar)
                 if config.checkpoint_interval and pos.step % config.checkpoint_interval == 0:
                     self._save("last.pt")
                 if self.stop_requested or pos.step >= self.stop_step:
@@ -240,9 +243,9 @@ class Trainer:
         if self.stop_requested:
             return {}
         complete = pos.consumed >= self.micro_per_epoch   # else stopped early by max_steps
-        epoch_done = pos.epoch + (1 if complete else pos.consumed / self.micro_per_epoch)
-        row = {"kind": "epoch", "epoch": epoch_done, "step": pos.step,
-               "lr": self.optimizer.param_groups[0]["lr"], "img_s": images_seen / max(elapsed, 1e-9),
+        row = {"kind": "epoch", "epoch": pos.epoch + 1 if complete else self._epochs_done(), "step": pos.step,
+               "train/loss": steps.mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
+               "img_s": images_seen / max(elapsed, 1e-9),
                "peak_mem_mb": peak_memory_mb(self.device), "epoch_time_s": elapsed,
                **totals.compute(self.info, prefix="train/")}
         if complete:
@@ -259,6 +262,20 @@ class Trainer:
             self._save("best.pt")   # first: the last.pt below then records this best, and a kill in between
         self._save("last.pt")       # leaves last.pt behind best.pt, never ahead of it
         return row
+
+    def _epochs_done(self) -> float:
+        """Epochs trained so far, a fraction within one (rounded: a log holds 0.3871, not 0.3870967741935484)."""
+        return round(self.position.epoch + self.position.consumed / self.micro_per_epoch, 4)
+
+    def _log_step(self, stats: dict[str, float], bar: tqdm) -> None:
+        """A "step" row in metrics.jsonl, the bar's postfix, and where no bar shows (no terminal, as in
+        a batch job's log, or progress off) a line on stdout, as timm's train.py prints one."""
+        pos = self.position
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+        self.writer.log({"kind": "step", "epoch": self._epochs_done(), "step": pos.step, **stats})
+        if bar.disable:
+            self._say(f"epoch {pos.epoch + 1}/{self.config.epochs}  step {pos.step}/{self.stop_step}  "
+                      f"loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  img/s {stats['img_s']:.1f}")
 
     def _forward_loss(self, batch):
         with autocast(self.device, self.amp):
@@ -353,6 +370,30 @@ def _rng_untouched():
         set_rng_state(state)
 
 
+class StepLog:
+    """An epoch's mean training loss (over its optimizer steps), and images per second between two
+    step rows (``images`` counts the images trained on since the last row)."""
+
+    def __init__(self):
+        self.loss_sum, self.steps, self.images = 0.0, 0, 0
+        self.since = time.perf_counter()
+
+    def add_loss(self, loss: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    @property
+    def mean_loss(self) -> Optional[float]:
+        return self.loss_sum / self.steps if self.steps else None
+
+    def images_per_second(self) -> float:
+        """Since the last call (or the start); then counts afresh."""
+        now = time.perf_counter()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.images, self.since = 0, now
+        return rate
+
+
 class StepAccumulator:
     """Loss sums over the micro-batches of one optimizer step, kept on the device (no sync)."""
 
@@ -368,13 +409,13 @@ class EpochTotals:
     """Per-block select ratios (model) and positive-cell ratios (labels), averaged over batches, and
     the share of selected tokens a static budget dropped (summed counts)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, contract: ModelContract):
         self.device = device
         self.ratio_sum: Optional[torch.Tensor] = None
         self.drop_counts: Optional[torch.Tensor] = None   # (blocks, 2): dropped, selected
         self.label_sum: dict[int, torch.Tensor] = {}
         self.batches = 0
-        self.stages: list[int] = []
+        self.stages = [site.stage + 1 for site in contract.spa_blocks]   # 1-based, as the paper names stages
 
     def add(self, out: dict, batch) -> None:
         blocks = out["backbone_output"].blocks if out.get("backbone_output") is not None else []
@@ -383,7 +424,6 @@ class EpochTotals:
             self.ratio_sum = stacked if self.ratio_sum is None else self.ratio_sum + stacked
             counts = torch.stack([torch.stack([b.dropped, b.selected.sum()]) for b in blocks]).double()
             self.drop_counts = counts if self.drop_counts is None else self.drop_counts + counts
-            self.stages = _block_stages(out["scores"], len(blocks))
         for stride, labels in batch.select.items():
             self.label_sum[stride] = self.label_sum.get(stride, 0) + labels.float().mean()
         self.batches += 1
@@ -414,10 +454,18 @@ class EpochTotals:
         return row
 
 
-def _block_stages(scores: dict, num_blocks: int) -> list[int]:
-    """Stage of each SPA block: stride-16 gates are stage 3 blocks, stride-32 gates stage 4 blocks."""
-    stages = [3] * len(scores.get(16, [])) + [4] * len(scores.get(32, []))
-    return stages if len(stages) == num_blocks else [0] * num_blocks
+def check_label_strides(contract: ModelContract, dataset, *, path: str, model: str) -> None:
+    """SpaError unless ``dataset`` holds the selection labels ``contract`` reads, at every stride."""
+    missing = sorted(set(contract.label_strides) - set(dataset.strides))
+    if missing:
+        both = sorted(set(contract.label_strides) | set(dataset.strides))
+        raise SpaError(f"{path}: shards labelled at strides {_strides(dataset.strides)}, but model {model!r} reads "
+                       f"selection labels at {_strides(contract.label_strides)} (none at {_strides(missing)}); "
+                       f"label the subset again at {_strides(both)}")
+
+
+def _strides(strides) -> str:
+    return ",".join(map(str, strides))
 
 
 def _bar_disabled(progress: bool, info: DistInfo) -> Optional[bool]:
@@ -452,11 +500,12 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
     was_training = model.training
     model.eval()
     meter = TASKS[task].meter(dataset)
-    totals = EpochTotals(device)
-    flops_sum = 0.0
     backbone = _backbone_of(model)
+    contract = backbone.contract()
+    totals = EpochTotals(device, contract)
+    flops_sum = 0.0
     graphs = (spa_model.cuda_graphs(backbone, capture_after=2)
-              if cuda_graphs and device.type == "cuda" and _static_shapes(backbone) else nullcontext())
+              if cuda_graphs and device.type == "cuda" and contract.static_shapes else nullcontext())
     start, images = time.perf_counter(), 0
     with graphs:
         for batch in tqdm(loader, desc="eval", disable=_bar_disabled(progress, info), leave=False,
@@ -466,8 +515,9 @@ def evaluate(model: torch.nn.Module, loader, *, task: str, dataset, device: torc
             meter.update(out["predictions"], batch)
             totals.add(out, batch)
             images += len(batch.image_ids)
-            # analytic MACs per image from the containers this batch actually used
-            flops_sum += spa_model.count_flops(backbone, out["backbone_output"]).total * len(batch.image_ids)
+            # analytic MACs of each image at its own size, from the containers its tokens filled
+            flops_sum += spa_model.count_flops(backbone, out["backbone_output"],
+                                               image_sizes=out.get("input_sizes")).total * len(batch.image_ids)
     synchronize(device)
     elapsed = time.perf_counter() - start
     model.train(was_training)
@@ -484,14 +534,10 @@ def _backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     return unwrap_model(model).backbone
 
 
-def _static_shapes(backbone: torch.nn.Module) -> bool:
-    spa = getattr(getattr(backbone, "cfg", None), "spa", None)
-    return spa is None or spa.capacity != "exact"
-
-
 def _summary_line(row: dict, metric: str) -> str:
-    parts = [f"epoch {row['epoch']}", f"step {row['step']}"]
-    for key in (f"val/{metric}", "train/select_ratio/mean", "val/gmacs_per_image", "img_s", "peak_mem_mb", "lr"):
+    parts = [f"epoch {row['epoch']:.4g}", f"step {row['step']}"]
+    for key in ("train/loss", f"val/{metric}", "train/select_ratio/mean", "val/gmacs_per_image", "img_s",
+                "peak_mem_mb", "lr"):
         if row.get(key) is not None:
             parts.append(f"{key} {row[key]:.4g}")
     return "  ".join(parts)
@@ -565,6 +611,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str, *, device: str = "a
         if list(dataset.classes) != list(state.get("classes", dataset.classes)):
             raise SpaError(f"{shards}: classes differ from those {checkpoint} was trained on")
         model = build_task_model(config, dataset)
+        check_label_strides(model.backbone.contract(), dataset, path=shards, model=config.model)
         model.load_state_dict(state["model"])
         model.to(torch_device)
         loader = make_batches(dataset, batch_size=batch_size, sampler=ShareSampler(len(dataset), info),

@@ -9,16 +9,18 @@ import torch
 from spa_train.config import TrainConfig
 
 
-NO_DECAY = ("relative_position_bias_table",)  # Swin's recipes (classification and detection) exempt these tables
-
-
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norms (every 1-D tensor) and the tables in ``NO_DECAY`` get no weight decay."""
+    """AdamW; biases, norms (every 1-D tensor) and what the model's modules declare in
+    ``no_weight_decay()`` (timm's convention: parameter names relative to the declaring module; a
+    task model declares through its backbone) get no weight decay."""
+    exempt = {f"{prefix}.{name}" if prefix else name
+              for prefix, module in model.named_modules() if hasattr(module, "no_weight_decay")
+              for name in module.no_weight_decay()}
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(param)
+        (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)

@@ -5,7 +5,10 @@ original_sizes=None)`` -> dict with ``predictions`` (eval) or ``task_loss`` (tra
 are given), plus the backbone's ``scores`` and its whole ``backbone_output`` (select ratios, dropped
 tokens, containers for the FLOPs count), so one DDP-wrapped forward serves the trainer, and the
 trainer adds ``alpha * selection_loss(scores, select)`` the same way for every task.
-``original_sizes`` (detection): the (h, w) the predictions are mapped back to.
+``original_sizes`` (detection): the (h, w) the predictions are mapped back to. A detector also
+returns ``input_sizes``: the (h, w) each image's backbone input has when it comes alone (its crop,
+padded as the detector pads), where the FLOPs counter counts it; a classifier's are counted on the
+batch's canvas, which every shipped classification recipe makes the same for all its images.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spa_data.errors import SpaError
+from spa_model.selection import SELECTORS
 from spa_train.config import TrainConfig
 from spa_train.detection import build_detector
 from spa_train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
@@ -29,14 +33,14 @@ from spa_train.metrics import mean_average_precision, topk_correct
 class Classifier(nn.Module):
     """Backbone + its classification head; ``loss_fn(logits, targets)`` is the task loss."""
 
-    def __init__(self, backbone: nn.Module, *, loss_fn: Callable, oracle_selection: bool):
+    def __init__(self, backbone: nn.Module, *, loss_fn: Callable):
         super().__init__()
         self.backbone = backbone
         self.loss_fn = loss_fn
-        self.oracle_selection = oracle_selection
+        self.needs_labels = backbone.contract().needs_labels
 
     def forward(self, images, select, targets=None, image_sizes=None, original_sizes=None) -> dict[str, Any]:
-        features = self.backbone.forward_features(images, select_labels=select if self.oracle_selection else None)
+        features = self.backbone.forward_features(images, select_labels=select if self.needs_labels else None)
         logits = self.backbone.forward_head(features)
         out = {"predictions": logits, "scores": features.scores, "backbone_output": features}
         if targets is not None:
@@ -53,11 +57,10 @@ class Detector(nn.Module):
     one frame (docs/design.md, "Detection and training recipes").
     """
 
-    def __init__(self, backbone: nn.Module, *, num_classes: int, masks: bool, oracle_selection: bool,
-                 detector_args: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, *, num_classes: int, masks: bool, detector_args: Optional[dict] = None):
         super().__init__()
         self.detector = build_detector(backbone, num_classes=num_classes, masks=masks, **(detector_args or {}))
-        self.oracle_selection = oracle_selection
+        self.needs_labels = backbone.contract().needs_labels
 
     @property
     def backbone(self) -> nn.Module:
@@ -65,7 +68,7 @@ class Detector(nn.Module):
 
     def forward(self, images, select, targets=None, image_sizes=None, original_sizes=None) -> dict[str, Any]:
         adapter = self.detector.backbone.body
-        adapter.select_labels = select if self.oracle_selection else None
+        adapter.select_labels = select if self.needs_labels else None
         sizes = [tuple(s) for s in image_sizes] if image_sizes else [tuple(images.shape[-2:])] * len(images)
         crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes)]
         if self.training:
@@ -74,7 +77,9 @@ class Detector(nn.Module):
             detections = self._detect(crops)
             out = {"predictions": self.postprocess(detections, sizes, original_sizes or sizes)}
         features = adapter.last_output
-        return {**out, "scores": features.scores, "backbone_output": features}
+        step = self.detector.transform.size_divisible
+        alone = [(-(-h // step) * step, -(-w // step) * step) for h, w in sizes]
+        return {**out, "scores": features.scores, "backbone_output": features, "input_sizes": alone}
 
     def _detect(self, crops: list[torch.Tensor]) -> list[dict]:
         """GeneralizedRCNN's eval forward up to (excluding) its postprocess: boxes on the crops, 28x28 masks."""
@@ -204,19 +209,16 @@ def _reduce_device(info: DistInfo) -> torch.device:
 
 # --- the task registry ----------------------------------------------------------------------
 
-# ``--selector spa`` is the paper's Gumbel selection; the others are spa_model's names too.
-SELECTOR_NAMES = {"spa": "gumbel", "topk": "topk", "gt": "gt", "all": "all"}
-
-
 @dataclass(frozen=True)
 class Task:
-    """What differs between tasks; looked up by name in ``TASKS``."""
+    """What differs between tasks; looked up by name in ``TASKS`` (one per name of spa_data's tasks)."""
 
     name: str
     metric: str                                   # the validation metric that picks best.pt
     heads: bool                                   # backbone built with a classification head
     build: Callable[..., nn.Module]               # (backbone, dataset, config) -> task model
     meter: Callable[..., Any]                     # (dataset) -> meter with update/compute
+    unused_parameters: bool = False               # some parameters may get no gradient in a step (DDP must look)
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float) -> torch.Tensor:
@@ -230,16 +232,15 @@ def _binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 def _build_classifier(backbone, dataset, config: TrainConfig) -> nn.Module:
     loss = functools.partial(_cross_entropy, label_smoothing=config.label_smoothing)
-    return Classifier(backbone, loss_fn=loss, oracle_selection=config.selector == "gt")
+    return Classifier(backbone, loss_fn=loss)
 
 
 def _build_multilabel(backbone, dataset, config: TrainConfig) -> nn.Module:
-    return Classifier(backbone, loss_fn=_binary_cross_entropy, oracle_selection=config.selector == "gt")
+    return Classifier(backbone, loss_fn=_binary_cross_entropy)
 
 
 def _build_detector(backbone, dataset, config: TrainConfig) -> nn.Module:
     return Detector(backbone, num_classes=dataset.num_classes, masks=dataset_has_masks(dataset),
-                    oracle_selection=config.selector == "gt",
                     detector_args={"fpn_channels": config.fpn_channels,
                                    "mask_head_channels": config.mask_head_channels, **config.detector_args})
 
@@ -257,7 +258,8 @@ def dataset_has_masks(dataset, *, probe: int = 64) -> bool:
 TASKS: dict[str, Task] = {
     "cls": Task("cls", "top1", True, _build_classifier, lambda ds: AccuracyMeter()),
     "multilabel": Task("multilabel", "mAP", True, _build_multilabel, lambda ds: MultiLabelMeter(list(ds.classes))),
-    "det": Task("det", "bbox_AP", False, _build_detector, CocoMeter),
+    # the heads get no gradient from an image without objects
+    "det": Task("det", "bbox_AP", False, _build_detector, CocoMeter, unused_parameters=True),
 }
 
 
@@ -271,12 +273,19 @@ def build_task_model(config: TrainConfig, dataset) -> nn.Module:
         close = difflib.get_close_matches(config.model, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(names)}"
         raise SpaError(f"unknown model {config.model!r}{hint}")
-    kwargs = dict(config.model_args)
-    if config.selector != "spa":  # SPT's default is the paper's; Swin has no selector and refuses one
-        kwargs["selector"] = SELECTOR_NAMES[config.selector]
     try:
-        backbone = spa_model.create_model(config.model, num_classes=dataset.num_classes if task.heads else 0, **kwargs)
+        backbone = spa_model.create_model(config.model, num_classes=dataset.num_classes if task.heads else 0,
+                                          **backbone_options(config.selector, config.model_args))
     except (TypeError, ValueError) as e:
         raise SpaError(f"model {config.model!r} does not fit: {e} (selector {config.selector!r}, "
                        f"model_args {config.model_args})") from None
     return task.build(backbone, dataset, config)
+
+
+def backbone_options(selector: Optional[str], model_args: dict) -> dict:
+    """``create_model`` keyword overrides: ``model_args`` and the selector (None: the model's own; Swin
+    and STViT-R have none and refuse one). The selector comes through its own key only."""
+    if "selector" in model_args:
+        raise SpaError(f"model_args.selector: the selector has its own key, selector "
+                       f"({', '.join(SELECTORS)})")
+    return dict(model_args) if selector is None else {**model_args, "selector": selector}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+_NO_FIXTURES = "dataset fixtures not found"   # the skip reason the run's summary counts
 
 
 def _fixtures_dir() -> Path:
@@ -19,7 +20,7 @@ def fixtures_dir() -> Path:
     """../shared/fixtures (override with SPA_FIXTURES); skips when absent."""
     path = _fixtures_dir()
     if not path.is_dir():
-        pytest.skip(f"dataset fixtures not found at {path} (set SPA_FIXTURES)")
+        pytest.skip(f"{_NO_FIXTURES} at {path} (set SPA_FIXTURES)")
     return path
 
 
@@ -68,3 +69,11 @@ def spa_train_cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for the tests skipped for want of the dataset fixtures, not one silent skip each."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if _NO_FIXTURES in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} tests skipped: {_NO_FIXTURES} at {_fixtures_dir()} "
+                                    "(put the shared fixtures there, or set SPA_FIXTURES)")

@@ -76,13 +76,30 @@ def test_build_then_parts_and_merge(capsys, coco_root, tmp_path):
     assert "kept 1 of 2 images" in out
     parts = [tmp_path / "p0", tmp_path / "p1"]
     for i, part in enumerate(parts):
-        code, _, err = spa_data(capsys, *build_args(coco_root, part, "coco-s", "val", "--max-ratio", "0.3",
-                                                    "--num-parts", 2, "--part", i))
+        code, out, err = spa_data(capsys, *build_args(coco_root, part, "coco-s", "val", "--max-ratio", "0.3",
+                                                      "--num-parts", 2, "--part", i))
         assert code == 0, err
+        kept = json.loads((part / "summary.json").read_text())["part"]["stats"]["kept"]
+        assert ("a part may keep none; the merged subset must keep some" in out) == (kept == 0), out
     code, _, err = spa_data(capsys, "merge", *parts, "--out", tmp_path / "merged")
     assert code == 0, err
     for name in ("manifest.jsonl", "annotations.jsonl", "summary.json", "ratio_hist.png"):
         assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "merged" / name).read_bytes()
+
+
+def test_a_subset_of_no_image_is_refused_and_not_written(capsys, coco_root, tmp_path):
+    # both fixture images cover more than COCO-S's 25%
+    out = tmp_path / "empty"
+    code, _, err = spa_data(capsys, *build_args(coco_root, out, "coco-s", "val"))
+    assert_one_line_error(code, err, f"{out}: kept 0 of 2 images (coco-s, val; dropped: ratio_at_or_above_max 2): "
+                                     f"an empty subset is not written")
+    assert_nothing_written(out)
+    parts = [tmp_path / "p0", tmp_path / "p1"]
+    for i, part in enumerate(parts):
+        assert spa_data(capsys, *build_args(coco_root, part, "coco-s", "val", "--num-parts", 2, "--part", i))[0] == 0
+    code, _, err = spa_data(capsys, "merge", *parts, "--out", out)
+    assert_one_line_error(code, err, f"{out}: kept 0 of 2 images")
+    assert_nothing_written(out)
 
 
 def test_no_crowd_ratio_from_and_no_checksums_are_recorded(capsys, coco_root, tmp_path):
@@ -197,9 +214,10 @@ def test_unwritable_or_occupied_out(capsys, coco_root, tmp_path):
     assert (occupied / "keep.txt").read_text() == "mine"
     earlier = tmp_path / "earlier"
     assert spa_data(capsys, *build_args(coco_root, earlier))[0] == 0
-    code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val"))
+    code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--max-ratio", "0.3"))
     assert_one_line_error(code, err, str(earlier), "--overwrite")
-    code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--overwrite"))
+    code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--max-ratio", "0.3",
+                                                "--overwrite"))
     assert code == 0 and sorted(p.name for p in earlier.iterdir()) == [
         "annotations.jsonl", "manifest.jsonl", "ratio_hist.png", "summary.json"]
 

@@ -10,7 +10,7 @@ import torch
 
 import spa_model
 from spa_train.config import resolve_config
-from spa_train.tasks import SELECTOR_NAMES
+from spa_train.tasks import backbone_options
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
 SOURCE = re.compile(r"#.*\[(paper|swin-det|swin-cls|ours)\]")
@@ -30,11 +30,8 @@ def test_config_resolves_and_says_where_each_setting_comes_from(path):
     for line in path.read_text().splitlines():
         if re.match(r"\s*\w+:", line) and not line.startswith("model_args:"):
             assert SOURCE.search(line), f"{path.name}: no source on {line!r}"
-    kwargs = dict(config.model_args)
-    if config.selector != "spa":
-        kwargs["selector"] = SELECTOR_NAMES[config.selector]
     with torch.device("meta"):  # the architecture and its options, no weights
-        model = spa_model.create_model(config.model, **kwargs)
+        model = spa_model.create_model(config.model, **backbone_options(config.selector, config.model_args))
     assert (model.cfg.spa is not None) == config.model.startswith("spt")
 
 

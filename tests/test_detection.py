@@ -102,8 +102,7 @@ def test_mask_and_box_ap_equal_pycocotools_on_the_dataset_file(coco):
     dataset = ShardDataset(shards)
     batch = next(iter(make_loader(dataset, batch_size=2)))
     assert any(t["masks"].shape[-1] > w for t, (h, w) in zip(batch.targets, batch.image_sizes))  # padded canvas
-    detector = Detector(spa_model.create_model("swin_tiny", **TINY), num_classes=dataset.num_classes, masks=True,
-                        oracle_selection=False).eval()
+    detector = Detector(spa_model.create_model("swin_tiny", **TINY), num_classes=dataset.num_classes, masks=True).eval()
     predictions = detector.postprocess(_detections_from_ground_truth(batch), batch.image_sizes, batch.original_sizes)
     assert [p["masks"].shape[-2:] for p in predictions] == [torch.Size(s) for s in batch.original_sizes]
 
@@ -124,9 +123,8 @@ def test_detector_predicts_at_the_original_size_in_eval(coco):
     batch = next(iter(make_loader(dataset, batch_size=2)))
     torch.manual_seed(0)
     detector = Detector(spa_model.create_model("spt_tiny", **TINY), num_classes=dataset.num_classes, masks=True,
-                        oracle_selection=False, detector_args={"fpn_channels": 16, "mask_head_channels": 8,
-                                                               "box_score_thresh": 0.0, "box_detections_per_img": 5,
-                                                               "rpn_post_nms_top_n_test": 20}).eval()
+                        detector_args={"fpn_channels": 16, "mask_head_channels": 8, "box_score_thresh": 0.0,
+                                       "box_detections_per_img": 5, "rpn_post_nms_top_n_test": 20}).eval()
     with torch.no_grad():
         out = detector(batch.images, batch.select, None, batch.image_sizes, batch.original_sizes)
     for prediction, (h, w) in zip(out["predictions"], batch.original_sizes):
@@ -139,3 +137,30 @@ def test_evaluation_refuses_flipped_images(coco):
     _, shards = coco
     with pytest.raises(SpaError, match="unflipped"):
         CocoMeter(ShardDataset(shards, train=True, hflip=0.5))
+
+
+@pytest.mark.parametrize("coco", ["official"], indirect=True)
+def test_an_images_gmacs_do_not_depend_on_its_batch(coco):
+    """The two images in one batch (padded to the wider) and each alone: each is counted at the size
+    the detector feeds it at alone, so the batch's figure is the mean of the two alone."""
+    _, shards = coco
+    dataset = ShardDataset(shards)
+    torch.manual_seed(0)
+    detector = Detector(spa_model.create_model("spt_tiny", selector="gt", **TINY), num_classes=dataset.num_classes,
+                        masks=True, detector_args={"fpn_channels": 16, "mask_head_channels": 8,
+                                                   "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 10,
+                                                   "box_detections_per_img": 1}).eval()
+
+    def gmacs(batch) -> tuple[float, float]:
+        with torch.no_grad():
+            out = detector(batch.images, batch.select, None, batch.image_sizes, batch.original_sizes)
+        for (h, w), size in zip(batch.image_sizes, out["input_sizes"]):
+            assert detector.detector.transform([torch.zeros(3, h, w)])[0].tensors.shape[-2:] == size
+        backbone_output = out["backbone_output"]
+        return (spa_model.count_flops(detector.backbone, backbone_output, image_sizes=out["input_sizes"]).total,
+                spa_model.count_flops(detector.backbone, backbone_output).total)
+
+    pair, pair_padded = gmacs(next(iter(make_loader(dataset, batch_size=2))))
+    alone = [gmacs(batch)[0] for batch in make_loader(dataset, batch_size=1)]
+    assert pair == pytest.approx(sum(alone) / 2, rel=1e-12)
+    assert pair_padded > pair   # what the batch's padded canvas costs

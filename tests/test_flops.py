@@ -86,3 +86,31 @@ def test_counter_reads_the_containers_of_a_real_forward():
     dim, tokens = 64, 196
     stage3 = 2 * tokens * dim + tokens * dim + 0.5 * 49 * 4 * dim * dim + 0.5 * 2 * 49 * 49 * dim + 8 * tokens * dim * dim
     assert report.per_module["stages.2.blocks.1"] == pytest.approx(stage3)
+
+
+@pytest.mark.parametrize("name, selector", [("swin_tiny", None), ("spt_tiny", "gt"), ("spt_tiny", "all"),
+                                            ("spt_tiny", "gumbel")])  # an untrained gate keeps all, padding too
+def test_an_images_count_does_not_depend_on_its_batch(name, selector):
+    """Two images of other shapes, each alone and together in one padded batch: given each one's own
+    size, the batch's figure is the mean of the two alone (the oracle selects the same tokens)."""
+    small = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+    model = spa_model.create_model(name, **small, **({"selector": selector} if selector else {})).eval()
+    sizes, canvas = [(64, 160), (160, 96)], (160, 160)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, h, w, generator=generator) for h, w in sizes]
+    labels = [{s: (torch.rand(-(-h // s), -(-w // s), generator=generator) > 0.7).float() for s in (8, 16, 32)}
+              for h, w in sizes]
+    alone = [spa_model.count_flops(model, model.forward_features(image[None], {s: m[None] for s, m in lab.items()}))
+             for image, lab in zip(images, labels)]
+
+    def pad(t, h, w):
+        return torch.nn.functional.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
+
+    batch = torch.stack([pad(image, *canvas) for image in images])
+    batch_labels = {s: torch.stack([pad(lab[s], -(-canvas[0] // s), -(-canvas[1] // s)) for lab in labels])
+                    for s in (8, 16, 32)}
+    with torch.no_grad():
+        out = model.forward_features(batch, batch_labels)
+    together = spa_model.count_flops(model, out, image_sizes=sizes)
+    assert together.total == pytest.approx((alone[0].total + alone[1].total) / 2, rel=1e-12)
+    assert spa_model.count_flops(model, out).total > together.total * 1.2   # the padded canvas costs more

@@ -177,7 +177,7 @@ def test_1_build_never_replaces_the_dataset_or_files_it_did_not_write(capsys, co
     assert spa_data(capsys, "build", "coco", "--root", coco_root, "--split", "val", "--out", out)[0] == 0
     assert spa_data(capsys, "labels", out)[0] == 0
     code, _, err = spa_data(capsys, "build", "coco-s", "--root", coco_root, "--split", "val", "--out", out,
-                            "--overwrite")
+                            "--max-ratio", "0.3", "--overwrite")
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["subset"] == "coco-s" and not (out / "shards").exists()
 

@@ -1,7 +1,9 @@
 """`spa-train` end to end on demo shards, its config handling, and bad input (one line, exit 1)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,8 @@ def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
         spa_data(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
                   "--out", str(out / split)])
         spa_data(["labels", str(out / split)])
-    return {"train": out / "train", "val": out / "val"}
+    spa_data(["labels", str(out / "train"), "--scales", "16,32", "--out", str(out / "train-16-32")])
+    return {"train": out / "train", "val": out / "val", "train-16-32": out / "train-16-32"}
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
@@ -40,7 +43,8 @@ def test_train_then_eval_end_to_end(capsys, in_s, tmp_path):
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--val-shards", str(in_s["val"]),
                                       "--task", "cls", "--model", "spt_tiny", "--out", str(run), TINY,
-                                      "batch_size=8", "epochs=1", "max_steps=3", "num_workers=0", "progress=false"])
+                                      "batch_size=9", "epochs=1", "max_steps=3", "num_workers=0", "progress=false",
+                                      "log_interval=2"])
     assert code == 0, err
     assert f"{run}: done at step 3" in out
     for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt"):
@@ -54,10 +58,24 @@ def test_train_then_eval_end_to_end(capsys, in_s, tmp_path):
     assert 0.0 < epoch["train/label_ratio/s8"] < 0.5          # IN-S: the image is a quarter of the canvas
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("kind,epoch,step,")
 
+    # without a bar (progress off, or no terminal): a line per log_interval steps, and the last step's
+    steps = [r for r in rows if r["kind"] == "step"]
+    lines = [line for line in out.splitlines() if line.startswith("epoch 1/1  step ")]
+    assert [r["step"] for r in steps] == [2, 3] and len(lines) == 2
+    for row, line in zip(steps, lines):
+        assert re.fullmatch(rf"epoch 1/1  step {row['step']}/3  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+                            rf"img/s \d+\.\d", line), line
+        assert row["img_s"] > 0
+    # the epoch row: the training loss, and the share of the epoch max_steps stopped at, rounded
+    steps_per_epoch = json.loads((in_s["train"] / "shards" / "index.json").read_text())["num_samples"] // 9
+    assert epoch["epoch"] == round(3 / steps_per_epoch, 4) != 3 / steps_per_epoch   # 3/13: 0.2308
+    summary = next(line for line in out.splitlines() if line.startswith(f"epoch {epoch['epoch']:.4g}  step 3  "))
+    assert f"train/loss {epoch['train/loss']:.4g}" in summary and 0 < epoch["train/loss"] < 10
+
     # the saved config reproduces the run's settings
     saved = resolve_config(run / "config.yaml")
-    assert saved == resolve_config(None, [TINY, "batch_size=8", "epochs=1", "max_steps=3", "num_workers=0",
-                                          "progress=false"], shards=str(in_s["train"]), val_shards=str(in_s["val"]),
+    assert saved == resolve_config(None, [TINY, "batch_size=9", "epochs=1", "max_steps=3", "num_workers=0",
+                                          "progress=false", "log_interval=2"], shards=str(in_s["train"]), val_shards=str(in_s["val"]),
                                    task="cls", model="spt_tiny", out=str(run))
 
     code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(run / "best.pt"), "--shards", str(in_s["val"]),
@@ -88,7 +106,7 @@ def test_config_precedence_and_round_trip(tmp_path):
     assert resolve_config(None, ["amp=off", "val_shards=none"]).amp == "off"     # not YAML's False
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.to_dict()))
     assert resolve_config(tmp_path / "c.yaml") == config
-    assert TrainConfig().alpha == 0.01 and TrainConfig().selector == "spa"
+    assert TrainConfig().alpha == 0.01 and TrainConfig().selector is None   # None: the model's own
 
 
 def _foreign_checkpoint(tmp_path: Path) -> Path:
@@ -108,6 +126,12 @@ BAD = {
                       "unknown model 'spt_tiyn' (did you mean 'spt_tiny'?)"),
     "model does not fit": (lambda d, t: ["--shards", str(d["train"]), "--model", "swin_tiny", "--selector", "topk",
                                          "--out", str(t / "r")], "model 'swin_tiny' does not fit"),
+    "strides the model reads": (lambda d, t: ["--shards", str(d["train-16-32"]), "--model", "spt_tiny", TINY,
+                                              "--out", str(t / "r")],
+                                "shards labelled at strides 16,32, but model 'spt_tiny' reads selection labels at "
+                                "8,16,32"),
+    "selector in model_args": (lambda d, t: ["--shards", str(d["train"]), "model_args.selector=gt", "--out",
+                                             str(t / "r")], "model_args.selector: the selector has its own key"),
     "missing shards": (lambda d, t: ["--shards", str(t / "nowhere"), "--task", "cls"], "nowhere"),
     "missing config": (lambda d, t: ["--config", str(t / "none.yaml")], "none.yaml: config file not found"),
     "missing checkpoint": (lambda d, t: ["eval", "--checkpoint", str(t / "gone.pt"), "--shards", str(d["val"])],
@@ -142,3 +166,16 @@ def test_asking_for_a_missing_gpu(capsys, in_s):
     code, _, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--device", "cuda"])
     assert code == 1 and err == "error: --device cuda: no CUDA device is available " \
                                 "(torch.cuda.is_available() is False)\n"
+
+
+def test_help_lists_every_config_key_with_a_default_that_reads_back(capsys):
+    code, out, _ = run_cli(capsys, ["--help"])
+    assert code == 0
+    listed = dict(re.findall(r"^    (\w+)=(\S*)", out, re.M))
+    assert list(listed) == [f.name for f in dataclasses.fields(TrainConfig)]
+    for name, text in listed.items():   # as given on the command line, each default is the default
+        assert getattr(resolve_config(None, [f"{name}={text}"]), name) == getattr(TrainConfig(), name), name
+    assert 'log_interval=10 steps between "step" rows in metrics.jsonl (and lines on stdout where no progress bar ' \
+           'shows) eval_interval=1' in " ".join(out.split())   # the comment, wrapped under its key
+    assert "\n  bookkeeping\n" in out
+    assert run_cli(capsys, ["train", "--help"])[1].endswith(out[out.index("Config keys"):])
