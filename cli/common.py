@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 
 class Terminated(KeyboardInterrupt):

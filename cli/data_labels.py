@@ -14,9 +14,9 @@ from typing import Optional
 import click
 
 from cli.common import at_least, debug_option
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.geometry import parse_scales, parse_size
-from spa_data.io import atomic_write
+from spa_common.io import atomic_write
 
 
 def _threshold(ctx, param, value: float) -> float:

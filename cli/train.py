@@ -123,7 +123,7 @@ def _print_table(values: dict) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from spa_data.io import atomic_write
+    from spa_common.io import atomic_write
 
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 

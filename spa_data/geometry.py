@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 MODES = ("fit", "square", "pad")
 MIN_STRIDE, MAX_STRIDE = 4, 64

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.geometry import Geometry
 from spa_data.images import decoder_message
 from spa_data.jitter import jittered_layout

@@ -19,7 +19,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
 SOURCES = ("coco", "bdd", "voc", "tiny-imagenet")

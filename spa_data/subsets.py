@@ -37,9 +37,11 @@ try:  # ~5x faster line encoding; optional (falls back to the stdlib, same bytes
 except ImportError:  # pragma: no cover - depends on the environment
     orjson = None
 
+from spa_common.errors import SpaError
+from spa_common.hashing import sha256_file
+from spa_common.io import check_apart, foreign_entries, staged_dir
+from spa_common.jsonio import read_json
 from spa_data import __version__
-from spa_data.errors import SpaError
-from spa_data.io import check_apart, foreign_entries, staged_dir
 from spa_data.ratio import object_pixel_ratio
 from spa_data.recipes import Recipe
 from spa_data.records import ImageRecord, sort_key
@@ -150,7 +152,7 @@ def process_item(job: _Job, item: Any) -> ImageResult:
         return ImageResult(dropped=dropped, **common)
     path = job.root / record.file
     try:
-        digest = _sha256(path) if job.options.checksums else _stat(path)
+        digest = _image_sha256(path) if job.options.checksums else _stat(path)
     except SpaError as e:
         if not job.keep_all:
             raise
@@ -169,10 +171,9 @@ def _drop_reason(record: ImageRecord, ratio: float, recipe: Recipe, keep_empty: 
     return None
 
 
-def _sha256(path: Path) -> str:
+def _image_sha256(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_file(path)
     except FileNotFoundError:
         raise SpaError(f"{path}: image file not found") from None
     except IsADirectoryError:
@@ -527,20 +528,10 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
 
 
 def _read_part(d: Path) -> tuple[Path, dict]:
-    summary = _read_json(d / SUMMARY)
+    summary = read_json(d / SUMMARY)
     if "part" not in summary:
         raise SpaError(f"{d / SUMMARY}: not a part directory (built without --num-parts/--part)")
     return d, summary
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SpaError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpaError(f"{path}: malformed JSON ({e})") from None
 
 
 # --------------------------------------------------------------------------- rebuild from a manifest
@@ -563,7 +554,7 @@ def rebuild_from_manifest(manifest: Path, root: Path, out: Path, *, workers: int
     The outputs equal the published ones byte for byte, except ``root`` in summary.json.
     """
     manifest = Path(manifest)
-    published = _read_json(manifest.parent / SUMMARY)
+    published = read_json(manifest.parent / SUMMARY)
     if "part" in published:
         raise SpaError(f"{manifest.parent / SUMMARY}: is one part of a build; merge the parts first")
     try:

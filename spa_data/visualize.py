@@ -1,12 +1,12 @@
 """`spa-data show`: samples with their selection labels overlaid at each stride (cf. SPA paper, Fig. 5)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_common.io import atomic_open
 from spa_data.loader import ShardDataset
 
 _TINT = np.array([0.1, 0.55, 1.0])  # positive cells
@@ -55,12 +55,9 @@ def show_samples(path: Path, out: Path, *, n: int = 16, select_threshold: float 
     fig.suptitle(f"{ds.index.get('subset')}: selection labels (coverage > {select_threshold:g})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))   # room for the suptitle
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_open(out) as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out

@@ -29,8 +29,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from spa_data.errors import SpaError
-from spa_data.io import atomic_write
+from spa_common.errors import SpaError
+from spa_common.io import atomic_write
 
 TASKS = ("cls", "multilabel", "det")
 SELECTORS = ("spa", "topk", "gt", "all")

@@ -32,8 +32,8 @@ from typing import Any, Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 
-from spa_data.errors import SpaError
-from spa_data.io import foreign_entries
+from spa_common.errors import SpaError
+from spa_common.io import foreign_entries, is_temporary
 from spa_data.jitter import check_short_sides
 from spa_model.weights import load_pretrained
 from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
@@ -533,8 +533,7 @@ def _check_new_run_dir(run_dir: Path) -> None:
     """A run starts in a new or empty directory, or in one a run left before its first checkpoint."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
-    foreign = foreign_entries(run_dir, lambda p: p.name in RUN_FILES or (p.name.startswith(".") and ".tmp-" in p.name)
-                              or p.name.endswith(".tmp"))
+    foreign = foreign_entries(run_dir, lambda p: p.name in RUN_FILES or is_temporary(p))
     if foreign or not (run_dir / "config.yaml").is_file():
         what = f"holds {foreign[0]}" if foreign else "has no config.yaml"
         raise SpaError(f"{run_dir}: not empty and not a spa-train run directory ({what}); "

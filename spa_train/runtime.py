@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 
 def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_train.config import TrainConfig
 from spa_train.detection import build_detector
 from spa_train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object

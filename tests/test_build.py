@@ -14,7 +14,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.recipes import Recipe, load_recipe, recipe_names
 from spa_data.subsets import (HIST_BINS, BuildOptions, Part, RebuildError, build_subset, merge_parts,
                               rebuild_from_manifest)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.geometry import Geometry, Layout, parse_scales, parse_size
 from spa_data.labels import coverage, quantize, region_from_objects, selection_labels, threshold_code
 from spa_data.loader import ShardDataset

@@ -24,8 +24,8 @@ import torch
 
 import cli.data
 import cli.train
-from spa_data.errors import SpaError
-from spa_data.io import directory_lock
+from spa_common.errors import SpaError
+from spa_common.io import directory_lock
 from spa_data.loader import ShardDataset, make_loader
 from spa_data.shards import LOCK, load_index, verify_shards, write_shards
 from spa_train.checkpoint import load_checkpoint

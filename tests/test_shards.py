@@ -17,7 +17,8 @@ import pytest
 
 import spa_data.shards as shards
 from cli.data import main as spa_data_main
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_common.hashing import sha256_file
 from spa_data.loader import ShardDataset
 from spa_data.shards import load_index, shard_stats, verify_shards, write_shards
 
@@ -172,7 +173,7 @@ def test_verify_catches_labels_that_disagree_with_annotations(labelled, tmp_path
     with h5py.File(shard, "r+") as f:
         f["select/8"][0] ^= 1
     index = json.loads((out / "index.json").read_text())
-    index["shards"][0]["sha256"] = shards.file_sha256(shard)   # checksums consistent: only labels are wrong
+    index["shards"][0]["sha256"] = sha256_file(shard)   # checksums consistent: only labels are wrong
     (out / "index.json").write_text(json.dumps(index))
     with pytest.raises(SpaError, match="stride-8 selection labels differ from a re-derivation"):
         verify_shards(out, sample=len(ShardDataset(out)))

@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import spa_model
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_model import FeatureOutput
 from spa_model.layers import WindowGrid
 from spa_model.stvit import SemanticGrid

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cli.data import main as spa_data
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.loader import make_loader
 from spa_train.checkpoint import load_checkpoint, save_checkpoint
 from spa_train.config import resolve_config

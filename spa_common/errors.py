@@ -1,4 +1,5 @@
-"""One exception type for bad input, so the CLI can report it as one line."""
+"""One exception type for bad input, so a front end can report it as one line."""
+from __future__ import annotations
 
 
 class SpaError(Exception):
@@ -9,3 +10,4 @@ class SpaError(Exception):
     ``annotations/instances_val2017.json: annotation 42: polygon has 2 points``.
     The CLI prints it without a traceback (unless ``--debug``) and exits 1.
     """
+
