@@ -14,13 +14,13 @@ from typing import Optional
 
 import click
 
-from cli.common import at_least, debug_option, report_errors
+from cli.common import OptionsGroup, at_least, debug_option, report_errors
 from cli.data_labels import COMMANDS as LABEL_COMMANDS
 from spa_data.recipes import RATIO_FROM, Recipe, check_ratio_bounds, load_recipe, recipe_names
 from spa_data.subsets import BuildOptions, Part, RebuildError, build_subset, merge_parts, rebuild_from_manifest
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OptionsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @debug_option
 def group(debug: bool) -> None:
     """Sparse-subset data tools for SPA / SPT."""

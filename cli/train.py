@@ -17,12 +17,14 @@ from typing import Optional
 
 import click
 
-from cli.common import at_least, debug_option, report_errors
+from cli.common import OptionsCommand, at_least, debug_option, report_errors
 from spa_train.config import SELECTORS, TASKS
 
 
 class DefaultToTrain(click.Group):
     """A group whose default command is ``train``: ``spa-train --shards ...`` trains."""
+
+    command_class = OptionsCommand
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):

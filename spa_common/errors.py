@@ -1,5 +1,7 @@
-"""One exception type for bad input, so a front end can report it as one line."""
+"""The exception types for bad input, so a front end can report it as one line."""
 from __future__ import annotations
+
+from typing import Mapping
 
 
 class SpaError(Exception):
@@ -11,3 +13,23 @@ class SpaError(Exception):
     The CLI prints it without a traceback (unless ``--debug``) and exits 1.
     """
 
+
+class ParamError(SpaError):
+    """Bad input that is fixed through parameters of the call (a value given, or one to give).
+
+    ``template`` holds ``{param}`` where each parameter is named, e.g.
+    ``"{strides} 8,x: 'x' is not a power of two"``. The message names the library's own
+    parameters (``strides 8,x: ...``); a front end that took them from options of its own
+    renders the error with those names instead (``--scales 8,x: ...``) through ``named``.
+    """
+
+    def __init__(self, template: str, *params: str):
+        self.template, self.params = template, params
+        super().__init__(self.named({}))
+
+    def named(self, names: Mapping[str, str]) -> str:
+        """The message with each parameter called ``names[param]`` (its own name where absent)."""
+        text = self.template
+        for param in self.params:
+            text = text.replace("{" + param + "}", names.get(param, param))
+        return text

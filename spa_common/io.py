@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Optional
 
-from spa_common.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -111,7 +111,7 @@ def staged_dir(out: Path, *, overwrite: bool, owned: Callable[[Path], Optional[s
         if reason is not None:
             raise SpaError(f"{out}: not empty and {reason}; refusing to replace it (choose a new or empty directory)")
         if not overwrite:
-            raise SpaError(f"{out}: output directory is not empty (pass --overwrite to replace it)")
+            raise ParamError(f"{out}: output directory is not empty (pass {{overwrite}} to replace it)", "overwrite")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     _remove_stale(out)
     try:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from spa_common.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 
 MODES = ("fit", "square", "pad")
 MIN_STRIDE, MAX_STRIDE = 4, 64
@@ -87,32 +87,34 @@ class Geometry:
 
 
 def check_strides(strides: Sequence[int]) -> tuple[int, ...]:
-    """Strides must be distinct powers of two in [4, 64]; returned sorted."""
+    """Strides must be distinct powers of two in [4, 64]; returned sorted (ParamError ``strides``)."""
+    shown = ",".join(map(str, strides))
     if not strides:
-        raise SpaError("--scales: give at least one stride")
+        raise ParamError("{strides}: give at least one stride", "strides")
     for s in strides:
         if not isinstance(s, int) or s < MIN_STRIDE or s > MAX_STRIDE or s & (s - 1):
-            raise SpaError(f"--scales: {s!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}")
+            raise ParamError(f"{{strides}} {shown}: {s!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}",
+                             "strides")
     if len(set(strides)) != len(strides):
-        raise SpaError(f"--scales: repeated stride in {','.join(map(str, strides))}")
+        raise ParamError(f"{{strides}} {shown}: a stride is repeated", "strides")
     return tuple(sorted(strides))
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
-    """``"8,16,32"`` -> (8, 16, 32), with a clear error for anything else."""
-    parts = [p.strip() for p in text.split(",")]
+    """``"8,16,32"`` -> (8, 16, 32), with a clear error for anything else (ParamError ``strides``)."""
     values = []
-    for p in parts:
+    for p in (p.strip() for p in text.split(",")):
         if not p.isdigit():
-            raise SpaError(f"--scales {text}: {p!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}")
+            raise ParamError(f"{{strides}} {text}: {p!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}",
+                             "strides")
         values.append(int(p))
     return check_strides(values)
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"1333,800"`` -> (1333, 800); ``"448"`` -> (448, 448)."""
+    """``"1333,800"`` -> (1333, 800); ``"448"`` -> (448, 448) (ParamError ``size``)."""
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise SpaError(f"--size {text}: expected N or W,H with positive integers")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and 1 <= int(p) <= MAX_SIDE for p in parts):
+        raise ParamError(f"{{size}} {text}: expected N or W,H, integers from 1 to {MAX_SIDE}", "size")
     values = [int(p) for p in parts]
     return (values[0], values[-1])

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import h5py
 import numpy as np
 
-from spa_common.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 from spa_common.hashing import sha256_bytes, sha256_file
 from spa_common.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
 from spa_common.jsonio import read_json
@@ -125,7 +125,7 @@ def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size
                 shard_size: int = 1000, root: Optional[Path] = None, on_bad_image: str = "error") -> list[ShardJob]:
     """The deterministic partition of a subset into shard jobs (``root``: the dataset root, when it moved)."""
     if shard_size < 1:
-        raise SpaError(f"--shard-size {shard_size}: must be at least 1")
+        raise ParamError(f"{{shard_size}} {shard_size}: must be at least 1", "shard_size")
     if on_bad_image not in ON_BAD_IMAGE:
         raise SpaError(f"on_bad_image {on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
     summary, manifest, annotations = read_subset(subset_dir)

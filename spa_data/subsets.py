@@ -37,7 +37,7 @@ try:  # ~5x faster line encoding; optional (falls back to the stdlib, same bytes
 except ImportError:  # pragma: no cover - depends on the environment
     orjson = None
 
-from spa_common.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 from spa_common.hashing import sha256_file
 from spa_common.io import check_apart, foreign_entries, staged_dir
 from spa_common.jsonio import read_json
@@ -83,8 +83,11 @@ class Part:
     count: int
 
     def __post_init__(self):
-        if not (self.count >= 1 and 0 <= self.index < self.count):
-            raise SpaError(f"--part {self.index} --num-parts {self.count}: need 0 <= part < num-parts")
+        if self.count < 1:
+            raise ParamError(f"{{num_parts}} {self.count}: must be at least 1", "num_parts")
+        if not 0 <= self.index < self.count:
+            raise ParamError(f"{{part}} {self.index}: must be from 0 to {self.count - 1} ({{num_parts}} {self.count})",
+                             "part", "num_parts")
 
     def bounds(self, total: int) -> tuple[int, int]:
         return self.index * total // self.count, (self.index + 1) * total // self.count
@@ -504,7 +507,8 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
         raise SpaError(f"merge: parts of {count} incomplete: missing {missing or 'none'}, duplicated {dup or 'none'}")
     roots = {s["root"] for _, s in parts}
     if root is None and len(roots) > 1:
-        raise SpaError(f"merge: parts were built from different roots ({', '.join(sorted(roots))}); pass --root")
+        raise ParamError(f"merge: parts were built from different roots ({', '.join(sorted(roots))}); give {{root}}",
+                         "root")
     meta = {k: first[k] for k in _PART_INVARIANT}
     meta["root"] = str(Path(root).resolve()) if root is not None else first["root"]
     for d, _ in parts:
@@ -530,7 +534,7 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
 def _read_part(d: Path) -> tuple[Path, dict]:
     summary = read_json(d / SUMMARY)
     if "part" not in summary:
-        raise SpaError(f"{d / SUMMARY}: not a part directory (built without --num-parts/--part)")
+        raise SpaError(f"{d / SUMMARY}: not a part directory (a whole subset, not one part of a build in parts)")
     return d, summary
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spa_common.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 from spa_common.io import atomic_open
 from spa_data.loader import ShardDataset
 
@@ -33,10 +33,10 @@ def show_samples(path: Path, out: Path, *, n: int = 16, select_threshold: float 
     import matplotlib.pyplot as plt
 
     if n < 1:
-        raise SpaError(f"--n {n}: must be at least 1")
+        raise ParamError(f"{{n}} {n}: must be at least 1", "n")
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise SpaError(f"{out}: --out must be a .png file")
+        raise SpaError(f"{out}: not a .png file name (the figure is written as PNG)")
     ds = ShardDataset(path, select_threshold=select_threshold, masks=False)
     picks = np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int))
     strides = ds.strides

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 
-from spa_common.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 from spa_common.io import foreign_entries, is_temporary
 from spa_data.jitter import check_short_sides
 from spa_model.weights import load_pretrained
@@ -61,7 +61,7 @@ def open_shards(path: str, config: TrainConfig, *, train: bool):
     from spa_data.loader import ShardDataset
 
     if not path:
-        raise SpaError("no shards given (--shards DIR)")
+        raise ParamError("no training shards given (set {shards})", "shards")
     dataset = ShardDataset(path, select_threshold=config.select_threshold, train=train,
                            hflip=config.hflip if train else 0.0, masks=config.masks, seed=config.seed)
     if dataset.task != config.task:
@@ -181,7 +181,7 @@ class Trainer:
                     if self.stop_requested:
                         self._save("last.pt")
                         self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
-                                  f"continue with --resume {self.run_dir}")
+                                  f"resume from {self.run_dir} to continue")
                         break
         finally:
             for loader in (self.loader, self.val_loader):
@@ -510,8 +510,8 @@ def train(config: TrainConfig, *, resume: Optional[str | Path] = None) -> dict[s
     last = run_dir / "last.pt"
     if last.is_file():
         if state is None:
-            raise SpaError(f"{run_dir}: already holds a run (last.pt); continue it with --resume {run_dir}, "
-                           f"or choose another --out")
+            raise ParamError(f"{run_dir}: already holds a run (last.pt); continue it with {{resume}} {run_dir}, "
+                             "or choose another {out}", "resume", "out")
         if not os.path.samefile(path, last):
             raise SpaError(f"{path}: continuing it in {run_dir} would overwrite that run's last.pt and metrics "
                            f"(a rewind); resume {last}, or set another out directory to branch off {path.name}")

@@ -17,6 +17,9 @@ import pytest
 
 import cli.data
 from cli.data_labels import COMMANDS as LABEL_COMMANDS
+from spa_common.errors import SpaError
+from spa_data.recipes import load_recipe
+from spa_data.subsets import BuildOptions, Part, build_subset, merge_parts
 
 COCO_JSON = "annotations/instances_val2017.json"
 
@@ -83,6 +86,27 @@ def test_build_then_parts_and_merge(capsys, coco_root, tmp_path):
     assert code == 0, err
     for name in ("manifest.jsonl", "annotations.jsonl", "summary.json", "ratio_hist.png"):
         assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "merged" / name).read_bytes()
+
+
+def test_library_errors_name_the_options_given(capsys, coco_root, tmp_path):
+    """The library names its parameters (part, num_parts, root); the command line its options."""
+    with pytest.raises(SpaError, match=r"^part 2: must be from 0 to 1 \(num_parts 2\)$"):
+        Part(2, 2)
+    code, _, err = spa_data(capsys, *build_args(coco_root, tmp_path / "p", "coco", "val", "--num-parts", 2,
+                                                "--part", 2))
+    assert_one_line_error(code, err, "--part 2: must be from 0 to 1 (--num-parts 2)")
+    other_root = tmp_path / "elsewhere" / "coco"
+    shutil.copytree(coco_root, other_root)
+    parts = [tmp_path / "p0", tmp_path / "p1"]
+    for i, (part, root) in enumerate(zip(parts, (coco_root, other_root))):
+        assert spa_data(capsys, *build_args(root, part, "coco", "val", "--num-parts", 2, "--part", i))[0] == 0
+    with pytest.raises(SpaError, match="built from different roots .*; give root$"):
+        merge_parts(parts, tmp_path / "merged")
+    code, _, err = spa_data(capsys, "merge", *parts, "--out", tmp_path / "merged")
+    assert_one_line_error(code, err, "built from different roots", "give --root")
+    assert_nothing_written(tmp_path / "merged")
+    code, _, err = spa_data(capsys, "merge", *parts, "--out", tmp_path / "merged", "--root", coco_root)
+    assert code == 0, err
 
 
 def test_no_crowd_ratio_from_and_no_checksums_are_recorded(capsys, coco_root, tmp_path):
@@ -198,7 +222,9 @@ def test_unwritable_or_occupied_out(capsys, coco_root, tmp_path):
     earlier = tmp_path / "earlier"
     assert spa_data(capsys, *build_args(coco_root, earlier))[0] == 0
     code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val"))
-    assert_one_line_error(code, err, str(earlier), "--overwrite")
+    assert_one_line_error(code, err, str(earlier), "(pass --overwrite to replace it)")
+    with pytest.raises(SpaError, match=r"\(pass overwrite to replace it\)$"):   # the library's own word
+        build_subset(load_recipe("coco-s"), BuildOptions(root=coco_root, split="val"), earlier, progress=False)
     code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--overwrite"))
     assert code == 0 and sorted(p.name for p in earlier.iterdir()) == [
         "annotations.jsonl", "manifest.jsonl", "ratio_hist.png", "summary.json"]

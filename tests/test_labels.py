@@ -62,7 +62,7 @@ def test_geometry_layouts_by_hand():
 
 @pytest.mark.parametrize("text", ["8,16,x", "8,12", "2,4", "128", "8,8", "", "-8"])
 def test_bad_scales_are_clear_errors(text):
-    with pytest.raises(SpaError, match="--scales"):
+    with pytest.raises(SpaError, match=f"^strides {text}: "):   # the library's word; `spa-data labels` says --scales
         parse_scales(text)
 
 
@@ -70,8 +70,9 @@ def test_scales_and_sizes_parse():
     assert parse_scales("32,8,16") == (8, 16, 32)
     assert parse_scales("4,64") == (4, 64)
     assert parse_size("1333,800") == (1333, 800) and parse_size("448") == (448, 448)
-    with pytest.raises(SpaError, match="--size"):
-        parse_size("448,abc")
+    for text in ("448,abc", "0", "16385,800", "1,2,3"):
+        with pytest.raises(SpaError, match=f"^size {text}: expected N or W,H, integers from 1 to 16384"):
+            parse_size(text)
 
 
 def test_scale_that_does_not_divide_the_geometry():

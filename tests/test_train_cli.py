@@ -119,6 +119,7 @@ BAD = {
     "missing resume": (lambda d, t: ["--resume", str(t / "run-that-never-was")], "checkpoint not found"),
     "occupied run dir": (lambda d, t: ["--shards", str(d["train"]), "--out", str(_occupied(t))],
                          "already holds a run (last.pt); continue it with --resume"),
+    "no shards": (lambda d, t: ["--task", "cls", "--out", str(t / "r")], "no training shards given (set --shards)"),
 }
 
 
@@ -140,5 +141,5 @@ def test_bad_input_is_one_line_and_exit_1(capsys, in_s, tmp_path, case):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
 def test_asking_for_a_missing_gpu(capsys, in_s):
     code, _, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--device", "cuda"])
-    assert code == 1 and err == "error: --device cuda: no CUDA device is available " \
+    assert code == 1 and err == "error: device cuda: no CUDA device is available " \
                                 "(torch.cuda.is_available() is False)\n"
