@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from spa_common.errors import ParamError, SpaError
 
@@ -38,18 +38,52 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """A recipe's canonical input geometry (``mode``, ``size``) and the strides it must serve."""
+class GeometrySpec:
+    """A recipe's ``[geometry]`` table (``mode``, ``size``), checked when the recipe is read;
+    ``spa-data labels`` adds the strides (``with_strides``)."""
 
     mode: Literal["fit", "square", "pad"]
     size: tuple[int, int]      # fit: (long, short); square and pad: (W, H)
-    strides: tuple[int, ...]
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise SpaError(f"geometry mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if len(self.size) != 2 or not all(1 <= side <= MAX_SIDE for side in self.size):
-            raise SpaError(f"geometry size {list(self.size)}: need two integers from 1 to {MAX_SIDE}")
+            raise SpaError(f"geometry.mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if not (isinstance(self.size, tuple) and len(self.size) == 2
+                and all(isinstance(side, int) and not isinstance(side, bool) and 1 <= side <= MAX_SIDE
+                        for side in self.size)):
+            shown = list(self.size) if isinstance(self.size, tuple) else repr(self.size)
+            raise SpaError(f"geometry.size {shown}: need two integers from 1 to {MAX_SIDE}")
+
+    @classmethod
+    def from_table(cls, table: Any) -> "GeometrySpec":
+        """From a ``[geometry]`` table as TOML or summary.json holds it; SpaError naming the field."""
+        if not isinstance(table, dict):
+            raise SpaError(f"geometry: expected a table of mode and size, got {table!r}")
+        unknown = sorted(set(table) - {"mode", "size"})
+        if unknown:
+            raise SpaError(f"geometry: unknown key(s) {', '.join(unknown)} (known: mode, size)")
+        for key in ("mode", "size"):
+            if key not in table:
+                raise SpaError(f"geometry.{key} is missing")
+        size = table["size"]
+        return cls(table["mode"], tuple(size) if isinstance(size, list) else size)
+
+    def to_table(self) -> dict:
+        return {"mode": self.mode, "size": list(self.size)}
+
+    def with_strides(self, strides: Sequence[int], size: Optional[tuple[int, int]] = None) -> "Geometry":
+        """This geometry serving ``strides``, ``size`` (where given) in place of its own."""
+        return Geometry(self.mode, tuple(size or self.size), tuple(strides))
+
+
+@dataclass(frozen=True)
+class Geometry(GeometrySpec):
+    """A canonical input geometry (``mode``, ``size``) and the strides it must serve."""
+
+    strides: tuple[int, ...]
+
+    def __post_init__(self):
+        super().__post_init__()
         check_strides(self.strides)
         if self.mode != "fit":
             bad = [s for s in self.strides if self.size[0] % s or self.size[1] % s]

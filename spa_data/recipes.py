@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from spa_common.errors import SpaError
+from spa_data.geometry import GeometrySpec
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
 SOURCES = ("coco", "bdd", "voc", "tiny-imagenet")
@@ -41,7 +42,7 @@ class Recipe:
     ratio_from: str = "auto"
     crowd: bool = True
     pad: tuple[int, int] = (1, 1)              # canvas = (pad[0] * width, pad[1] * height)
-    geometry: dict = field(default_factory=dict)
+    geometry: Optional[GeometrySpec] = None    # what `spa-data labels` renders; None: no [geometry] table
 
     def __post_init__(self):
         check_ratio_bounds(self.min_ratio, self.max_ratio, where=f"recipe {self.name}")
@@ -51,6 +52,8 @@ class Recipe:
                  f"recipe {self.name}: ratio_from {self.ratio_from!r} is not one of {', '.join(RATIO_FROM)}")
         _require(len(self.pad) == 2 and all(isinstance(p, int) and p >= 1 for p in self.pad),
                  f"recipe {self.name}: pad must be two integers >= 1, got {list(self.pad)}")
+        _require(self.geometry is None or isinstance(self.geometry, GeometrySpec),
+                 f"recipe {self.name}: geometry must be a GeometrySpec, got {type(self.geometry).__name__}")
 
     def canvas(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the canvas the ratio is taken on."""
@@ -65,6 +68,7 @@ class Recipe:
         d = dataclasses.asdict(self)
         d["splits"] = list(self.splits)
         d["pad"] = list(self.pad)
+        d["geometry"] = self.geometry.to_table() if self.geometry is not None else {}
         return d
 
     @classmethod
@@ -84,7 +88,7 @@ class Recipe:
                 ratio_from=str(data.get("ratio_from", "auto")),
                 crowd=bool(data.get("crowd", True)),
                 pad=tuple(data.get("pad", (1, 1))),
-                geometry=dict(data.get("geometry", {})),
+                geometry=None if data.get("geometry", {}) == {} else GeometrySpec.from_table(data["geometry"]),
             )
         except SpaError as e:
             raise SpaError(f"{where}: {e}") from None

@@ -27,7 +27,7 @@ from spa_common.errors import ParamError, SpaError
 from spa_common.hashing import sha256_bytes, sha256_file
 from spa_common.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
 from spa_common.jsonio import read_json
-from spa_data.geometry import Geometry
+from spa_data.geometry import Geometry, GeometrySpec
 from spa_data.images import UnreadableImage, jpeg_problem, read_image
 from spa_data.labels import selection_labels
 from spa_data.workers import process_pool
@@ -113,12 +113,18 @@ def _read_lines(path: Path) -> list[str]:
         raise SpaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def geometry_for(summary: dict, strides: Sequence[int], size: Optional[tuple[int, int]] = None) -> Geometry:
-    """The recipe's [geometry] with ``size`` overriding its size."""
-    table = summary["recipe"].get("geometry") or {}
-    if "mode" not in table or ("size" not in table and size is None):
-        raise SpaError(f"summary.json: recipe {summary['recipe'].get('name')!r} has no [geometry] mode/size")
-    return Geometry(table["mode"], tuple(size or table["size"]), tuple(strides))
+def geometry_for(summary: dict, strides: Sequence[int], size: Optional[tuple[int, int]] = None, *,
+                 where: Path) -> Geometry:
+    """The recipe's [geometry] (as the subset's summary.json ``where`` records it) at ``strides``,
+    with ``size`` overriding its size."""
+    table = summary["recipe"].get("geometry")
+    if not table:
+        raise SpaError(f"{where}: recipe {summary['recipe'].get('name')!r} has no [geometry] table (mode, size)")
+    try:
+        spec = GeometrySpec.from_table(table)
+    except SpaError as e:
+        raise SpaError(f"{where}: recipe {e}") from None
+    return spec.with_strides(strides, size)
 
 
 def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size: Optional[tuple[int, int]] = None,
@@ -129,7 +135,7 @@ def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size
     if on_bad_image not in ON_BAD_IMAGE:
         raise SpaError(f"on_bad_image {on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
     summary, manifest, annotations = read_subset(subset_dir)
-    geometry = geometry_for(summary, strides, size)
+    geometry = geometry_for(summary, strides, size, where=Path(subset_dir) / "summary.json")
     recipe = summary["recipe"]
     header = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "subset": summary.get("subset"),

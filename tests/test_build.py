@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from spa_common.errors import SpaError
+from spa_data.geometry import GeometrySpec
 from spa_data.recipes import Recipe, load_recipe, recipe_names
 from spa_data.subsets import (HIST_BINS, BuildOptions, Part, RebuildError, build_subset, merge_parts,
                               rebuild_from_manifest)
@@ -66,6 +67,8 @@ def test_shipped_recipes_match_the_paper():
     assert load_recipe("bdd-s").max_ratio == load_recipe("voc-s").max_ratio == 0.25
     assert load_recipe("in-s").pad == (2, 2) and load_recipe("in-s").canvas(64, 64) == (128, 128)
     assert all(load_recipe(n).max_ratio is None for n in ("coco", "bdd", "voc", "tiny-in"))
+    assert load_recipe("coco-s").geometry == GeometrySpec("fit", (1333, 800))
+    assert load_recipe("in-s").geometry == GeometrySpec("pad", (128, 128))
 
 
 def test_user_recipe_file_and_bad_values(tmp_path):

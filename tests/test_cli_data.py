@@ -109,6 +109,29 @@ def test_library_errors_name_the_options_given(capsys, coco_root, tmp_path):
     assert code == 0, err
 
 
+BAD_GEOMETRY = {   # [geometry] table: the one line naming the recipe file and the field
+    'mode = "fitt"\nsize = [640, 480]': "geometry.mode 'fitt' is not one of fit, square, pad",
+    'mode = "fit"\nsize = [640]': "geometry.size [640]: need two integers from 1 to 16384",
+    'mode = "fit"\nsize = [640.5, 480]': "geometry.size [640.5, 480]: need two integers",
+    'mode = "pad"\nsize = [0, 128]': "geometry.size [0, 128]: need two integers",
+    'mode = "square"\nsize = "448"': "geometry.size '448': need two integers",
+    'mode = "fit"': "geometry.size is missing",
+    'mode = "fit"\nsize = [640, 480]\nsizes = [1, 2]': "geometry: unknown key(s) sizes",
+}
+
+
+@pytest.mark.parametrize("table", sorted(BAD_GEOMETRY))
+def test_bad_geometry_fails_when_the_recipe_is_read(capsys, tmp_path, table):
+    """At `spa-data build`, before any data is read (the root does not even exist), not at `labels`."""
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(f'name = "bad"\nsource = "coco"\ntask = "det"\nsplits = ["val"]\n[geometry]\n{table}\n')
+    out = tmp_path / "out"
+    code, _, err = spa_data(capsys, "build", "--recipe", recipe, "--root", tmp_path / "no-data", "--split", "val",
+                            "--out", out)
+    assert_one_line_error(code, err, f"{recipe}: {BAD_GEOMETRY[table]}")
+    assert_nothing_written(out)
+
+
 def test_no_crowd_ratio_from_and_no_checksums_are_recorded(capsys, coco_root, tmp_path):
     code, _, err = spa_data(capsys, *build_args(coco_root, tmp_path / "o", "coco", "val", "--no-crowd",
                                                 "--ratio-from", "boxes", "--no-checksums"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import numpy as np
@@ -27,7 +28,7 @@ def touched_cells(box, stride: int, shape) -> np.ndarray:
 
 
 def write_subset(root, out, *, images, task="det", geometry=None, classes=("thing",), name="hand"):
-    """A subset directory in the INTERFACES.md format (what `spa-data build` writes).
+    """A subset directory as `spa-data build` writes it (manifest.jsonl, annotations.jsonl, summary.json).
 
     ``images``: list of (image_id, relative file, width, height, objects, label).
     """
@@ -73,6 +74,18 @@ def test_scales_and_sizes_parse():
     for text in ("448,abc", "0", "16385,800", "1,2,3"):
         with pytest.raises(SpaError, match=f"^size {text}: expected N or W,H, integers from 1 to 16384"):
             parse_size(text)
+
+
+@pytest.mark.parametrize("geometry, message", [
+    ({"mode": "fitt", "size": [800, 500]}, "recipe geometry.mode 'fitt' is not one of fit, square, pad"),
+    ({"mode": "fit", "size": [800]}, "recipe geometry.size [800]: need two integers from 1 to 16384"),
+    ({"mode": "fit"}, "recipe geometry.size is missing"),
+])
+def test_a_summary_with_a_broken_geometry_names_the_file(tmp_path, geometry, message):
+    """A summary.json edited by hand (or from an older build) fails at `spa-data labels`, naming itself."""
+    subset = write_subset(tmp_path, tmp_path / "subset", images=[(1, "a.jpg", 8, 8, [], None)], geometry=geometry)
+    with pytest.raises(SpaError, match=re.escape(f"{subset / 'summary.json'}: {message}")):
+        write_shards(subset, progress=False)
 
 
 def test_scale_that_does_not_divide_the_geometry():
