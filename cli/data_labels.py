@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 
-from cli.common import OptionsCommand, at_least, debug_option
+from .common import OptionsCommand, at_least, debug_option
 from spa_common.errors import SpaError
 from spa_data.geometry import parse_scales, parse_size
 from spa_common.io import atomic_write

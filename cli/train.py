@@ -2,7 +2,7 @@
 
     spa-train --shards in-s-train --val-shards in-s-val --task cls --model spt_tiny --out runs/spt lr=1e-3 epochs=30
     spa-train --config runs/spt/config.yaml --resume runs/spt          (continue exactly)
-    torchrun --nproc_per_node 2 -m cli.train --config run.yaml        (DDP; batch_size is the global batch)
+    torchrun --nproc_per_node 2 -m spa_cli.train --config run.yaml        (DDP; batch_size is the global batch)
     spa-train eval --checkpoint runs/spt/best.pt --shards in-s-val
     spa-train bench --model spt_tiny --size 224 224 --batch 64
 
@@ -17,7 +17,7 @@ from typing import Optional
 
 import click
 
-from cli.common import OptionsCommand, at_least, debug_option, report_errors
+from .common import OptionsCommand, at_least, debug_option, report_errors
 from spa_train.config import SELECTORS, TASKS
 
 
@@ -132,5 +132,5 @@ def _write_json(path: Path, data: dict) -> None:
 
 main = report_errors(group)
 
-if __name__ == "__main__":  # torchrun -m cli.train ...
+if __name__ == "__main__":  # torchrun -m spa_cli.train ...
     main()

@@ -4,11 +4,14 @@ A recipe names the source reader, the task, the splits it is defined on, the rat
 bounds (keep an image iff ``min_ratio <= ratio < max_ratio``), how the ratio is
 measured (``ratio_from``, ``crowd``), the canvas padding (IN-S) and the geometry the
 shard stage renders at. The files are meant to be read and edited by users; a user's
-own file is loaded with ``load_recipe("path/to/mine.toml")``.
+own file is loaded with ``load_recipe("path/to/mine.toml")``. The shipped files are the package
+data ``spa_data.manifests`` (the folder ``manifests/`` of the source tree), read through
+``importlib.resources``, so an installed copy needs no source tree.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 from spa_common.errors import SpaError
 from spa_data.geometry import GeometrySpec
 
-MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
+SHIPPED = "spa_data.manifests"
 SOURCES = ("coco", "bdd", "voc", "tiny-imagenet")
 TASKS = ("det", "multilabel", "cls")
 RATIO_FROM = ("auto", "masks", "boxes")
@@ -97,22 +100,23 @@ class Recipe:
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped in ``manifests/``."""
-    return sorted(p.stem for p in MANIFESTS_DIR.glob("*.toml"))
+    """Names of the shipped recipes."""
+    return sorted(p.name[:-len(".toml")] for p in importlib.resources.files(SHIPPED).iterdir()
+                  if p.name.endswith(".toml"))
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load a shipped recipe by name (``coco-s``) or a user's recipe file by path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = MANIFESTS_DIR / f"{name_or_path}.toml"
+    if Path(name_or_path).suffix == ".toml":
+        path = Path(name_or_path)
+    else:
+        path = importlib.resources.files(SHIPPED) / f"{name_or_path}.toml"
         _require(path.is_file(), f"unknown subset {name_or_path!r}; known: {', '.join(recipe_names())}")
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaError(f"{path}: recipe file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpaError(f"{path}: malformed TOML: {e}") from None
     return Recipe.from_dict(data, where=str(path))
 

@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def coco_s_demo(demo_root, tmp_path_factory) -> Path:
     """COCO-S shards of the demo data at a small fit size (96x64), as `spa-data build` + `labels` make them."""
-    from cli.data import main as spa_data
+    from spa_cli.data import main as spa_data
 
     out = tmp_path_factory.mktemp("coco-s-demo")
     spa_data(["build", "coco-s", "--root", str(demo_root / "coco"), "--split", "val", "--out", str(out / "subset")])
@@ -56,7 +56,7 @@ def coco_s_demo(demo_root, tmp_path_factory) -> Path:
 @pytest.fixture
 def spa_train_cli(capsys):
     """``spa-train ARGS`` in this process: returns (exit code, stdout, stderr)."""
-    from cli.train import main
+    from spa_cli.train import main
 
     def run(args: list[str]) -> tuple[int, str, str]:
         try:

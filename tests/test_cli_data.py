@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import cli.data
-from cli.data_labels import COMMANDS as LABEL_COMMANDS
+import spa_cli.data
+from spa_cli.data_labels import COMMANDS as LABEL_COMMANDS
 from spa_common.errors import SpaError
 from spa_data.recipes import load_recipe
 from spa_data.subsets import BuildOptions, Part, build_subset, merge_parts
@@ -27,7 +27,7 @@ COCO_JSON = "annotations/instances_val2017.json"
 def spa_data(capsys, *args) -> tuple[int, str, str]:
     """Run `spa-data ARGS` in-process: (exit code, stdout, stderr)."""
     try:
-        cli.data.main([str(a) for a in args])
+        spa_cli.data.main([str(a) for a in args])
         code = 0
     except SystemExit as e:
         code = e.code
@@ -68,7 +68,7 @@ def build_args(root: Path, out: Path, subset: str = "coco", split: str = "val", 
 
 
 def test_group_has_every_command():
-    names = set(cli.data.group.commands)
+    names = set(spa_cli.data.group.commands)
     assert {"build", "merge", "demo-data"} <= names
     assert {c.name for c in LABEL_COMMANDS} <= names
 

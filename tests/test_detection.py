@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import roi_align
 
 import spa_model
-from cli.data import main as spa_data
+from spa_cli.data import main as spa_data
 from spa_common.errors import SpaError
 from spa_data.loader import ShardDataset, make_loader
 from spa_train.distributed import DistInfo

@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DistributedSampler
 
-from cli.data import main as spa_data_main
+from spa_cli.data import main as spa_data_main
 from spa_data.loader import IMAGENET_MEAN, IMAGENET_STD, ShardDataset, make_loader
 from spa_data.shards import write_shards
 

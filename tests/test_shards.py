@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import spa_data.shards as shards
-from cli.data import main as spa_data_main
+from spa_cli.data import main as spa_data_main
 from spa_common.errors import SpaError
 from spa_common.hashing import sha256_file
 from spa_data.loader import ShardDataset
@@ -120,7 +120,7 @@ def test_resume_after_sigkill_gives_identical_bytes(subsets, tmp_path):
     reference = tmp_path / "reference"
     write_shards(subset, reference, shard_size=1, progress=False)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", "from cli.data import main; main()", "labels", str(subset),
+    proc = subprocess.Popen([sys.executable, "-c", "from spa_cli.data import main; main()", "labels", str(subset),
                              "--shard-size", "1", "--out", str(out)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(out.glob("shard-*.h5"))) < 3 and proc.poll() is None:
@@ -128,7 +128,7 @@ def test_resume_after_sigkill_gives_identical_bytes(subsets, tmp_path):
     proc.kill()
     proc.wait()
     (out / "shard-00029.h5").write_bytes(b"\x89HDF\r\n")   # a truncated file under a final name is redone too
-    rerun = subprocess.run([sys.executable, "-c", "from cli.data import main; main()", "labels", str(subset),
+    rerun = subprocess.run([sys.executable, "-c", "from spa_cli.data import main; main()", "labels", str(subset),
                             "--shard-size", "1", "--out", str(out)], capture_output=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert tree_bytes(out) == tree_bytes(reference)

@@ -430,7 +430,7 @@ def test_spa_train_trains_and_evaluates_every_task(demo_shards, tmp_path, name, 
 
 def test_a_short_training_on_the_in_s_fixture_learns(fixtures_dir, tmp_path):
     """The real Tiny ImageNet sample (two classes) through spa-data build / labels, then a fixed batch."""
-    from cli.data import main as spa_data
+    from spa_cli.data import main as spa_data
     from spa_data.loader import make_loader
     from spa_train.config import resolve_config
     from spa_train.engine import open_shards, training_loss

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.data import main as spa_data
+from spa_cli.data import main as spa_data
 from spa_common.errors import SpaError
 from spa_data.loader import make_loader
 from spa_train.checkpoint import load_checkpoint, save_checkpoint
@@ -120,7 +120,7 @@ def test_resume_is_exact_and_a_nonfinite_loss_keeps_the_last_good_checkpoint(sha
 
 
 def _cli(device: str = "device=cpu") -> list[str]:
-    return ["-m", "cli.train", "--task", "cls", "--model", "spt_tiny", TINY.replace("0.1", "0.0"),
+    return ["-m", "spa_cli.train", "--task", "cls", "--model", "spt_tiny", TINY.replace("0.1", "0.0"),
             "batch_size=8", "epochs=1", "num_workers=0", "warmup_steps=1", "progress=false", device]
 
 

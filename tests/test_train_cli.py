@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from cli.data import main as spa_data
-from cli.train import main as spa_train
+from spa_cli.data import main as spa_data
+from spa_cli.train import main as spa_train
 from spa_train.config import TrainConfig, resolve_config
 
 TINY = "model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2]}"
