@@ -262,7 +262,7 @@ def render_images(encoded: list[torch.Tensor], image_format: str, orig_hw: list,
 
 @dataclass
 class Batch:
-    """One batch on its device (see INTERFACES.md, Loader contract)."""
+    """One batch on its device (docs/shards.md, "Loading")."""
 
     images: torch.Tensor                       # float32 (B, 3, H, W), normalised
     select: dict[int, torch.Tensor]            # {stride: float32 (B, H/stride, W/stride)}

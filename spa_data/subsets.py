@@ -5,7 +5,7 @@ worker processes), its object-pixel ratio is measured on the recipe's canvas, an
 it is kept iff it has objects (or ``keep_empty``) and ``min_ratio <= ratio < max_ratio``
 (the ratio rounded to 6 decimals, as written, so a manifest can be re-filtered exactly).
 The subset directory holds ``manifest.jsonl``, ``annotations.jsonl``, ``summary.json``
-and ``ratio_hist.png`` (see INTERFACES.md); the same inputs give the same bytes for
+and ``ratio_hist.png``; the same inputs give the same bytes for
 any number of workers or parts.
 
 Files of dropped images are never read; the files of kept images are hashed
