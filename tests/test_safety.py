@@ -27,7 +27,7 @@ import spa_cli.train
 from spa_common.errors import SpaError
 from spa_common.io import directory_lock
 from spa_data.loader import ShardDataset, make_loader
-from spa_data.shards import LOCK, load_index, verify_shards, write_shards
+from spa_data.shards import LOCK, load_index, verify_shards
 from spa_train.checkpoint import load_checkpoint
 from spa_train.config import resolve_config
 from spa_train.engine import train
@@ -124,14 +124,9 @@ def coco_root(fixtures_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
-    """IN-S train and val shards of the demo data (`spa-data build` + `labels`)."""
-    out = tmp_path_factory.mktemp("safety-in-s")
-    for split in ("train", "val"):
-        spa_cli.data.main(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
-                       "--out", str(out / split)])
-        write_shards(out / split, progress=False)
-    return {"train": out / "train", "val": out / "val", "root": demo_root / "tiny-imagenet-200"}
+def in_s(demo_shards) -> dict[str, Path]:
+    """IN-S train and val subsets of the demo data with their shards (shared: copy to change)."""
+    return {split: demo_shards("in-s", split) for split in ("train", "val")}
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from spa_cli.data import main as spa_data
 from spa_cli.train import main as spa_train
 from spa_train.config import TrainConfig, resolve_config
 
@@ -16,14 +15,9 @@ TINY = "model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2]}
 
 
 @pytest.fixture(scope="module")
-def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
-    """IN-S train and val shards made with `spa-data build` and `spa-data labels`."""
-    out = tmp_path_factory.mktemp("in-s")
-    for split in ("train", "val"):
-        spa_data(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
-                  "--out", str(out / split)])
-        spa_data(["labels", str(out / split)])
-    return {"train": out / "train", "val": out / "val"}
+def in_s(demo_shards) -> dict[str, Path]:
+    """IN-S train and val subsets of the demo data with their shards (shared: copy to change)."""
+    return {split: demo_shards("in-s", split) for split in ("train", "val")}
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
