@@ -7,7 +7,7 @@ spa itself comes only from the wheel.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -22,7 +22,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"spa_common", "spa_data", "spa_model", "spa_train", "spa_cli"}
 NOT_SOURCES = {".git", ".venv", "build", "dist", "runs", "out", "demo", ".pytest_cache"}   # .gitignore's tops
-OFFLINE_BACKEND = "setuptools.command.bdist_wheel", "wheel"   # either lets setuptools build a wheel here
 UNREACHABLE = ("No matching distribution", "Could not find a version", "Failed to establish", "Network is unreachable")
 
 
@@ -39,7 +38,7 @@ def _run(args: list, *, cwd: Path, env: dict | None = None) -> str:
 
 def _wheel(src: Path, dist: Path) -> Path:
     """Build the wheel offline where this environment can; else in pip's isolated build (skip if unreachable)."""
-    offline = any(_found(name) for name in OFFLINE_BACKEND)
+    offline = _offline_backend()
     args = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)]
     proc = subprocess.run(args + (["--no-build-isolation"] if offline else []), capture_output=True, text=True,
                           timeout=300)
@@ -50,11 +49,19 @@ def _wheel(src: Path, dist: Path) -> Path:
     return next(dist.glob("spa-*.whl"))
 
 
-def _found(module: str) -> bool:
+def _offline_backend() -> bool:
+    """setuptools >= 70.1 (which builds wheels itself), or an older one with ``wheel``, in this environment."""
     try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
+        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
         return False
+    if (major, minor) >= (70, 1):   # bdist_wheel moved into setuptools
+        return True
+    try:
+        importlib.metadata.version("wheel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return major >= 64                # pyproject.toml's build requirement
 
 
 def test_wheel_installs_and_builds_the_demo_from_another_directory(tmp_path):
