@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 import torchvision
 
 import spa_model
+from spa_common.io import atomic_write
 from spa_train.bench import labels_from_masks, scattered_objects, settle_budgets
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # --quick
@@ -66,11 +67,10 @@ class Bench:
         return row
 
     def save(self) -> None:
-        os.makedirs(self.args.out, exist_ok=True)
-        path = os.path.join(self.args.out, self.args.name)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"meta": self.meta, "results": self.results}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / self.args.name,
+                     json.dumps({"meta": self.meta, "results": self.results}, indent=1).encode())
 
     def timed(self, fn) -> float:
         """Median milliseconds per call after warm-up (CUDA events on the GPU)."""

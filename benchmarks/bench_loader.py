@@ -49,7 +49,7 @@ def _scene(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def synthetic_subset(out: Path, *, name: str, task: str, size: tuple[int, int], geometry: dict, samples: int,
                      unique: int, seed: int = 0) -> Path:
-    """A subset directory (INTERFACES.md format) of ``samples`` entries over ``unique`` image files."""
+    """A subset directory as `spa-data build` writes it, of ``samples`` entries over ``unique`` image files."""
     rng = np.random.default_rng(seed)
     root = out / f"{name}-images"
     root.mkdir(parents=True)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from spa_common.io import atomic_write
 from spa_model.packed_attention import pack_rows, packed_attention, select_pack_attention, unpack_rows
 from spa_model.packing import plan_packing
 
@@ -271,9 +272,7 @@ def write_report(args, runs: list) -> None:
                   runs=runs)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "bench_packed_attention" + ("_graphs" if args.graphs else "") + ".json"
-    tmp = args.out / (name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out / name)
+    atomic_write(args.out / name, json.dumps(report, indent=2).encode())
 
 
 def main(argv=None) -> int:

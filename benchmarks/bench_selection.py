@@ -26,7 +26,7 @@ import torch
 import torchvision
 
 from benchmarks.fixture_sets import bdd_shards, coco_shards
-from cli.data import main as spa_data
+from spa_cli.data import main as spa_data
 from spa_data.loader import make_loader
 from spa_data.shards import shard_stats
 from spa_train.config import resolve_config

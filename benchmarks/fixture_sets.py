@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from cli.data import main as spa_data
+from spa_cli.data import main as spa_data
 
 COCO = "coco/val-2img"
 BDD = "bdd100k/bdd100k"

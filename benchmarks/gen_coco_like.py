@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from spa_common.io import atomic_write
 
 NUM_IMAGES = 118_287
 MEAN_INSTANCES = 7.3          # 860k / 118k
@@ -124,9 +125,7 @@ def main(argv=None) -> None:
     data = generate(args.images, args.seed)
     path = args.out / "annotations" / "instances_train2017.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))   # dumps: the C encoder (json.dump is pure Python)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, separators=(",", ":")).encode())   # dumps: the C encoder (json.dump is pure Python)
     if args.placeholders:
         write_placeholders(args.out, data["images"])
     print(f"{path}: {len(data['images'])} images, {len(data['annotations'])} annotations "

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from cli.data import main as spa_data
+from spa_cli.data import main as spa_data
 from spa_train.config import resolve_config
 from spa_train.engine import train
 

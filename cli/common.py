@@ -1,4 +1,4 @@
-"""What both commands share: one-line errors, --debug, exit codes."""
+"""What both commands share: one-line errors in the words of the command line, --debug, exit codes."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from spa_data.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 
 
 class Terminated(KeyboardInterrupt):
@@ -17,6 +17,28 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
+
+
+class OptionsCommand(click.Command):
+    """A command that reports a library ``ParamError`` in its own option names.
+
+    The library names its parameters (``strides 8,x: ...``); an option that sets one carries
+    the parameter's name (``click.option("--scales", "strides")``), so the message names the
+    option the user typed (``--scales 8,x: ...``).
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ParamError as e:
+            options = {p.name: p.opts[0] for p in self.params if isinstance(p, click.Option)}
+            raise SpaError(e.named(options)) from e
+
+
+class OptionsGroup(click.Group):
+    """A group whose commands are ``OptionsCommand``s."""
+
+    command_class = OptionsCommand
 
 
 def report_errors(group: click.Group):

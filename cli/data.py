@@ -5,7 +5,7 @@
     spa-data build --from-manifest published/manifest.jsonl --root /data/coco --out subsets/coco-s-val
     spa-data build coco-s ... --num-parts 4 --part 0 --out part0   (then: spa-data merge part* --out DIR)
 
-The label/shard commands (labels, verify, show, stats) live in ``cli.data_labels``.
+The label/shard commands (labels, verify, show, stats) live in ``spa_cli.data_labels``.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from typing import Optional
 
 import click
 
-from cli.common import at_least, debug_option, report_errors
-from cli.data_labels import COMMANDS as LABEL_COMMANDS
+from .common import OptionsGroup, at_least, debug_option, report_errors
+from .data_labels import COMMANDS as LABEL_COMMANDS
 from spa_data.ratio import RATIO_FROM
 from spa_data.recipes import Recipe, check_ratio_bounds, load_recipe, recipe_names
 from spa_data.subsets import BuildOptions, Part, RebuildError, build_subset, merge_parts, rebuild_from_manifest
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OptionsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @debug_option
 def group(debug: bool) -> None:
     """Sparse-subset data tools for SPA / SPT."""

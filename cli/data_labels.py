@@ -13,10 +13,10 @@ from typing import Optional
 
 import click
 
-from cli.common import at_least, debug_option
-from spa_data.errors import SpaError
+from .common import OptionsCommand, at_least, debug_option
+from spa_common.errors import SpaError
 from spa_data.geometry import parse_scales, parse_size
-from spa_data.io import atomic_write
+from spa_common.io import atomic_write
 
 
 def _threshold(ctx, param, value: float) -> float:
@@ -25,9 +25,9 @@ def _threshold(ctx, param, value: float) -> float:
     return value
 
 
-@click.command()
+@click.command(cls=OptionsCommand)
 @click.argument("subset_dir", type=click.Path(path_type=Path))
-@click.option("--scales", default="8,16,32", show_default=True,
+@click.option("--scales", "strides", default="8,16,32", show_default=True,
               help="Strides of the selection labels: powers of two from 4 to 64.")
 @click.option("--size", help="Override the recipe's geometry size: W,H (pad/square) or LONG,SHORT (fit).")
 @click.option("--shard-size", default=1000, show_default=True, callback=at_least(1), help="Samples per shard.")
@@ -39,12 +39,12 @@ def _threshold(ctx, param, value: float) -> float:
 @click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="An image that does not decode: stop with an error, or leave it out (listed in index.json).")
 @debug_option
-def labels(subset_dir: Path, scales: str, size: Optional[str], shard_size: int, workers: int,
+def labels(subset_dir: Path, strides: str, size: Optional[str], shard_size: int, workers: int,
            out: Optional[Path], root: Optional[Path], on_bad_image: str, debug: bool) -> None:
     """Write HDF5 shards (images, targets, selection labels) of a `spa-data build` output."""
     from spa_data.shards import write_shards
 
-    index = write_shards(subset_dir, out, strides=parse_scales(scales), size=parse_size(size) if size else None,
+    index = write_shards(subset_dir, out, strides=parse_scales(strides), size=parse_size(size) if size else None,
                          shard_size=shard_size, workers=workers, root=root, on_bad_image=on_bad_image)
     skipped = index["skipped_images"]
     for entry in skipped:
@@ -55,7 +55,7 @@ def labels(subset_dir: Path, scales: str, size: Optional[str], shard_size: int, 
                + (f"; {len(skipped)} unreadable images left out" if skipped else ""))
 
 
-@click.command()
+@click.command(cls=OptionsCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--sample", default=16, show_default=True, callback=at_least(0),
               help="Samples whose labels are re-derived from annotations.")
@@ -83,7 +83,7 @@ def _indices(ctx, param, values: tuple[str, ...]) -> list[int]:
     return [int(item) for item in items]
 
 
-@click.command()
+@click.command(cls=OptionsCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--n", default=16, show_default=True, help="Number of samples, spread over the shards.")
 @click.option("--index", "indices", multiple=True, callback=_indices, metavar="I[,I...]",
@@ -102,7 +102,7 @@ def show(path: Path, n: int, indices: list[int], image_ids: list[str], out: Path
     click.echo(str(show_samples(path, out, n=n, select_threshold=threshold, indices=indices, image_ids=image_ids)))
 
 
-@click.command()
+@click.command(cls=OptionsCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--threshold", default=0.0, show_default=True, callback=_threshold,
               help="A cell is positive iff its coverage exceeds this.")

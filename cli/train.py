@@ -2,7 +2,7 @@
 
     spa-train --shards in-s-train --val-shards in-s-val --task cls --model spt_tiny --out runs/spt lr=1e-3 epochs=30
     spa-train --config runs/spt/config.yaml --resume runs/spt          (continue exactly)
-    torchrun --nproc_per_node 2 -m cli.train --config run.yaml        (DDP; batch_size is the global batch)
+    torchrun --nproc_per_node 2 -m spa_cli.train --config run.yaml        (DDP; batch_size is the global batch)
     spa-train eval --checkpoint runs/spt/best.pt --shards in-s-val
     spa-train bench --model spt_tiny --size 224 224 --batch 64
 
@@ -18,7 +18,7 @@ from typing import Optional
 
 import click
 
-from cli.common import at_least, debug_option, report_errors
+from .common import OptionsCommand, at_least, debug_option, report_errors
 from spa_data.recipes import TASKS
 from spa_model.selection import SELECTORS
 from spa_train.config import AMP_MODES, DEVICES
@@ -26,6 +26,8 @@ from spa_train.config import AMP_MODES, DEVICES
 
 class DefaultToTrain(click.Group):
     """A group whose default command is ``train``: ``spa-train --shards ...`` trains."""
+
+    command_class = OptionsCommand
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
@@ -145,12 +147,12 @@ def _print_table(values: dict) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from spa_data.io import atomic_write
+    from spa_common.io import atomic_write
 
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 main = report_errors(group)
 
-if __name__ == "__main__":  # torchrun -m cli.train ...
+if __name__ == "__main__":  # torchrun -m spa_cli.train ...
     main()

@@ -2,11 +2,10 @@
 
 ``import spa_data`` stays light (no torch): the loader is imported on first use.
 """
-from spa_data.errors import SpaError
 from spa_data.records import ImageRecord, ObjectRecord
 
 __version__ = "0.1.0"
-__all__ = ["SpaError", "ImageRecord", "ObjectRecord", "ShardDataset", "make_loader", "__version__"]
+__all__ = ["ImageRecord", "ObjectRecord", "ShardDataset", "make_loader", "__version__"]
 
 
 def __getattr__(name: str):

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spa_data.io import foreign_entries, staged_dir
+from spa_common.io import foreign_entries, staged_dir
 from spa_data.sources.voc import VOC_CLASSES
 
 # Each demo category: (shape, RGB colour).

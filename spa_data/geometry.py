@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
-from spa_data.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 
 MODES = ("fit", "square", "pad")
 MIN_STRIDE, MAX_STRIDE = 4, 64
@@ -38,18 +38,52 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """A recipe's canonical input geometry (``mode``, ``size``) and the strides it must serve."""
+class GeometrySpec:
+    """A recipe's ``[geometry]`` table (``mode``, ``size``), checked when the recipe is read;
+    ``spa-data labels`` adds the strides (``with_strides``)."""
 
     mode: Literal["fit", "square", "pad"]
     size: tuple[int, int]      # fit: (long, short); square and pad: (W, H)
-    strides: tuple[int, ...]
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise SpaError(f"geometry mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if len(self.size) != 2 or not all(1 <= side <= MAX_SIDE for side in self.size):
-            raise SpaError(f"geometry size {list(self.size)}: need two integers from 1 to {MAX_SIDE}")
+            raise SpaError(f"geometry.mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if not (isinstance(self.size, tuple) and len(self.size) == 2
+                and all(isinstance(side, int) and not isinstance(side, bool) and 1 <= side <= MAX_SIDE
+                        for side in self.size)):
+            shown = list(self.size) if isinstance(self.size, tuple) else repr(self.size)
+            raise SpaError(f"geometry.size {shown}: need two integers from 1 to {MAX_SIDE}")
+
+    @classmethod
+    def from_table(cls, table: Any) -> "GeometrySpec":
+        """From a ``[geometry]`` table as TOML or summary.json holds it; SpaError naming the field."""
+        if not isinstance(table, dict):
+            raise SpaError(f"geometry: expected a table of mode and size, got {table!r}")
+        unknown = sorted(set(table) - {"mode", "size"})
+        if unknown:
+            raise SpaError(f"geometry: unknown key(s) {', '.join(unknown)} (known: mode, size)")
+        for key in ("mode", "size"):
+            if key not in table:
+                raise SpaError(f"geometry.{key} is missing")
+        size = table["size"]
+        return cls(table["mode"], tuple(size) if isinstance(size, list) else size)
+
+    def to_table(self) -> dict:
+        return {"mode": self.mode, "size": list(self.size)}
+
+    def with_strides(self, strides: Sequence[int], size: Optional[tuple[int, int]] = None) -> "Geometry":
+        """This geometry serving ``strides``, ``size`` (where given) in place of its own."""
+        return Geometry(self.mode, tuple(size or self.size), tuple(strides))
+
+
+@dataclass(frozen=True)
+class Geometry(GeometrySpec):
+    """A canonical input geometry (``mode``, ``size``) and the strides it must serve."""
+
+    strides: tuple[int, ...]
+
+    def __post_init__(self):
+        super().__post_init__()
         check_strides(self.strides)
         if self.mode != "fit":
             bad = [s for s in self.strides if self.size[0] % s or self.size[1] % s]
@@ -87,32 +121,34 @@ class Geometry:
 
 
 def check_strides(strides: Sequence[int]) -> tuple[int, ...]:
-    """Strides must be distinct powers of two in [4, 64]; returned sorted."""
+    """Strides must be distinct powers of two in [4, 64]; returned sorted (ParamError ``strides``)."""
+    shown = ",".join(map(str, strides))
     if not strides:
-        raise SpaError("--scales: give at least one stride")
+        raise ParamError("{strides}: give at least one stride", "strides")
     for s in strides:
         if not isinstance(s, int) or s < MIN_STRIDE or s > MAX_STRIDE or s & (s - 1):
-            raise SpaError(f"--scales: {s!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}")
+            raise ParamError(f"{{strides}} {shown}: {s!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}",
+                             "strides")
     if len(set(strides)) != len(strides):
-        raise SpaError(f"--scales: repeated stride in {','.join(map(str, strides))}")
+        raise ParamError(f"{{strides}} {shown}: a stride is repeated", "strides")
     return tuple(sorted(strides))
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
-    """``"8,16,32"`` -> (8, 16, 32), with a clear error for anything else."""
-    parts = [p.strip() for p in text.split(",")]
+    """``"8,16,32"`` -> (8, 16, 32), with a clear error for anything else (ParamError ``strides``)."""
     values = []
-    for p in parts:
+    for p in (p.strip() for p in text.split(",")):
         if not p.isdigit():
-            raise SpaError(f"--scales {text}: {p!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}")
+            raise ParamError(f"{{strides}} {text}: {p!r} is not a power of two from {MIN_STRIDE} to {MAX_STRIDE}",
+                             "strides")
         values.append(int(p))
     return check_strides(values)
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"1333,800"`` -> (1333, 800); ``"448"`` -> (448, 448)."""
+    """``"1333,800"`` -> (1333, 800); ``"448"`` -> (448, 448) (ParamError ``size``)."""
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise SpaError(f"--size {text}: expected N or W,H with positive integers")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and 1 <= int(p) <= MAX_SIDE for p in parts):
+        raise ParamError(f"{{size}} {text}: expected N or W,H, integers from 1 to {MAX_SIDE}", "size")
     values = [int(p) for p in parts]
     return (values[0], values[-1])

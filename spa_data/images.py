@@ -8,14 +8,14 @@ images with PIL, which decodes them anyway. A file that does not decode raises
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_common.hashing import sha256_bytes
 
 
 class UnreadableImage(SpaError):
@@ -29,7 +29,7 @@ def read_image(path: Path, entry: dict, image_format: str) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise SpaError(f"{where}: cannot read ({e.strerror or e})") from None
-    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if entry.get("sha256") and sha256_bytes(data) != entry["sha256"]:
         raise SpaError(f"{where}: sha256 differs from manifest.jsonl (file changed since build)")
     try:
         img = Image.open(io.BytesIO(data))

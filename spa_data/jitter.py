@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.geometry import Geometry, Layout
 
 

@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from spa_data.geometry import Layout
+from spa_data.rle import rle_counts
 
 _ROUNDOFF = 1e-6
 
@@ -88,26 +89,6 @@ def union_mask(rles: Sequence[dict]) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     return mask_utils.decode(_merge(rles))
-
-
-def rle_counts(counts: Union[str, bytes]) -> np.ndarray:
-    """Run lengths of a compressed COCO RLE string: pycocotools' ``rleFrString``, vectorised.
-
-    Each count is little-endian 5-bit groups in chars ``48 + g`` (``+ 32`` = more groups follow;
-    bit 16 of the last group = negative); counts from the third on are deltas to the one two back.
-    """
-    chars = np.frombuffer(counts.encode() if isinstance(counts, str) else counts, np.uint8) - np.uint8(48)
-    if not len(chars):
-        return np.zeros(0, dtype=np.int64)
-    last = np.flatnonzero(chars < 32)
-    first = np.empty_like(last)
-    first[0], first[1:] = 0, last[:-1] + 1
-    shift = 5 * (np.arange(len(chars)) - np.repeat(first, last - first + 1))
-    x = np.add.reduceat((chars & 31).astype(np.int64) << shift, first)
-    x -= (chars[last] & 16).astype(bool) << (shift[last] + 5)        # sign-extend the last group
-    x[1::2] = x[1::2].cumsum()
-    x[2::2] = x[2::2].cumsum()
-    return x
 
 
 def _runs_of_ones(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

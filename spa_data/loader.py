@@ -40,46 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.geometry import Geometry
 from spa_data.images import decoder_message
 from spa_data.jitter import jittered_layout
 from spa_data.labels import selection_labels, threshold_code
+from spa_data.rle import decode_rle
 from spa_data.shards import ShardReader, load_index, open_listed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BATCH_MULTIPLE = 32
-
-
-# ------------------------------------------------------------------------------------ RLE
-
-
-def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
-    """Decode a compressed COCO RLE string to an (h, w) uint8 mask, without pycocotools.
-
-    Same format as pycocotools' ``rleFrString``: 6-bit chunks (offset 48), 0x20 = more
-    chunks follow, 0x10 in the last chunk = negative; from the third run on, each value
-    is a delta to the run two before. Runs alternate 0s and 1s over the column-major image.
-    """
-    if not counts:
-        return np.zeros((height, width), dtype=np.uint8)
-    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
-    last = (c & 0x20) == 0                              # the chunk that ends each value
-    group = np.concatenate([[0], np.cumsum(last)[:-1]])
-    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
-    shift = 5 * (np.arange(len(c)) - starts[group])
-    values = np.add.reduceat((c & 0x1F) << shift, starts)
-    ends = np.flatnonzero(last)
-    negative = (c[ends] & 0x10) != 0
-    values = np.where(negative, values - (1 << (5 * (ends - starts + 1))), values)
-    runs = values.copy()
-    runs[3::2] = np.cumsum(values[1::2])[1:]            # m > 2: delta to run m - 2
-    runs[2::2] = np.cumsum(values[2::2])
-    if runs.sum() != height * width or (runs < 0).any():
-        raise SpaError(f"mask RLE does not describe a {height}x{width} mask")
-    bits = np.arange(len(runs), dtype=np.uint8) & 1
-    return np.repeat(bits, runs).reshape(width, height).T
 
 
 # ------------------------------------------------------------------------------------ dataset
@@ -291,7 +262,7 @@ def render_images(encoded: list[torch.Tensor], image_format: str, orig_hw: list,
 
 @dataclass
 class Batch:
-    """One batch on its device (see INTERFACES.md, Loader contract)."""
+    """One batch on its device (docs/shards.md, "Loading")."""
 
     images: torch.Tensor                       # float32 (B, 3, H, W), normalised
     select: dict[int, torch.Tensor]            # {stride: float32 (B, H/stride, W/stride)}

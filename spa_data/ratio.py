@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.records import ImageRecord
 
 RATIO_FROM = ("auto", "masks", "boxes")

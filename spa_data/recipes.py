@@ -4,13 +4,16 @@ A recipe names the source reader, the task, the splits it is defined on, the rat
 bounds (keep an image iff ``min_ratio <= ratio < max_ratio``), how the ratio is
 measured (``ratio_from``, ``crowd``), the canvas padding (IN-S) and the geometry the
 shard stage renders at. The files are meant to be read and edited by users; a user's
-own file is loaded with ``load_recipe("path/to/mine.toml")``.
+own file is loaded with ``load_recipe("path/to/mine.toml")``. The shipped files are the package
+data ``spa_data.manifests`` (the folder ``manifests/`` of the source tree), read through
+``importlib.resources``, so an installed copy needs no source tree.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,11 +22,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_data.geometry import GeometrySpec
 from spa_data.ratio import RATIO_FROM
 from spa_data.sources import SOURCES
 
-MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
+SHIPPED = "spa_data.manifests"
 TASKS = ("det", "multilabel", "cls")   # what a subset is labelled for; spa_train has one task per name
 _KEYS = {"name", "source", "task", "splits", "max_ratio", "min_ratio", "ratio_from", "crowd", "pad", "geometry"}
 
@@ -41,7 +45,7 @@ class Recipe:
     ratio_from: str = "auto"
     crowd: bool = True
     pad: tuple[int, int] = (1, 1)              # canvas = (pad[0] * width, pad[1] * height)
-    geometry: dict = field(default_factory=dict)
+    geometry: Optional[GeometrySpec] = None    # what `spa-data labels` renders; None: no [geometry] table
 
     def __post_init__(self):
         check_ratio_bounds(self.min_ratio, self.max_ratio, where=f"recipe {self.name}")
@@ -52,6 +56,8 @@ class Recipe:
                  f"recipe {self.name}: ratio_from {self.ratio_from!r} is not one of {', '.join(RATIO_FROM)}")
         _require(len(self.pad) == 2 and all(isinstance(p, int) and p >= 1 for p in self.pad),
                  f"recipe {self.name}: pad must be two integers >= 1, got {list(self.pad)}")
+        _require(self.geometry is None or isinstance(self.geometry, GeometrySpec),
+                 f"recipe {self.name}: geometry must be a GeometrySpec, got {type(self.geometry).__name__}")
 
     def canvas(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the canvas the ratio is taken on."""
@@ -66,6 +72,7 @@ class Recipe:
         d = dataclasses.asdict(self)
         d["splits"] = list(self.splits)
         d["pad"] = list(self.pad)
+        d["geometry"] = self.geometry.to_table() if self.geometry is not None else {}
         return d
 
     @classmethod
@@ -85,7 +92,7 @@ class Recipe:
                 ratio_from=str(data.get("ratio_from", "auto")),
                 crowd=bool(data.get("crowd", True)),
                 pad=tuple(data.get("pad", (1, 1))),
-                geometry=dict(data.get("geometry", {})),
+                geometry=None if data.get("geometry", {}) == {} else GeometrySpec.from_table(data["geometry"]),
             )
         except SpaError as e:
             raise SpaError(f"{where}: {e}") from None
@@ -94,22 +101,23 @@ class Recipe:
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped in ``manifests/``."""
-    return sorted(p.stem for p in MANIFESTS_DIR.glob("*.toml"))
+    """Names of the shipped recipes."""
+    return sorted(p.name[:-len(".toml")] for p in importlib.resources.files(SHIPPED).iterdir()
+                  if p.name.endswith(".toml"))
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load a shipped recipe by name (``coco-s``) or a user's recipe file by path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = MANIFESTS_DIR / f"{name_or_path}.toml"
+    if Path(name_or_path).suffix == ".toml":
+        path = Path(name_or_path)
+    else:
+        path = importlib.resources.files(SHIPPED) / f"{name_or_path}.toml"
         _require(path.is_file(), f"unknown subset {name_or_path!r}; known: {', '.join(recipe_names())}")
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaError(f"{path}: recipe file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpaError(f"{path}: malformed TOML: {e}") from None
     return Recipe.from_dict(data, where=str(path))
 

@@ -23,10 +23,12 @@ from typing import Any, Optional, Sequence
 import h5py
 import numpy as np
 
-from spa_data.errors import SpaError
-from spa_data.geometry import Geometry
+from spa_common.errors import ParamError, SpaError
+from spa_common.hashing import sha256_bytes, sha256_file
+from spa_common.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
+from spa_common.jsonio import read_json
+from spa_data.geometry import Geometry, GeometrySpec
 from spa_data.images import UnreadableImage, jpeg_problem, read_image
-from spa_data.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
 from spa_data.labels import selection_labels
 from spa_data.workers import process_pool
 
@@ -38,7 +40,6 @@ LOCK = ".labels.lock"
 SUBSET_FILES = ("summary.json", "manifest.jsonl", "annotations.jsonl")
 ON_BAD_IMAGE = ("error", "skip")
 INT64 = (-(2**63), 2**63)
-_HASH_CHUNK = 1 << 20
 _OUTPUT_NAME = re.compile(r"shard-\d{5,}\.h5|\.shard-\d{5,}\.h5\.tmp-\d+|index\.json|\.index\.json\.tmp-\d+"
                           r"|\.labels-journal\.jsonl|\.labels\.lock")
 
@@ -89,7 +90,7 @@ def read_subset(subset_dir: Path) -> tuple[dict, list[str], list[str]]:
     missing = [f for f in SUBSET_FILES if not (subset_dir / f).is_file()]
     if missing:
         raise SpaError(f"{subset_dir}: not a `spa-data build` output (missing {', '.join(missing)})")
-    summary = _read_json(subset_dir / "summary.json")
+    summary = read_json(subset_dir / "summary.json")
     if not isinstance(summary, dict):
         raise SpaError(f"{subset_dir / 'summary.json'}: not a `spa-data build` summary")
     for key in ("tool", "task", "root", "recipe", "classes"):
@@ -112,23 +113,29 @@ def _read_lines(path: Path) -> list[str]:
         raise SpaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def geometry_for(summary: dict, strides: Sequence[int], size: Optional[tuple[int, int]] = None) -> Geometry:
-    """The recipe's [geometry] with ``size`` overriding its size."""
-    table = summary["recipe"].get("geometry") or {}
-    if "mode" not in table or ("size" not in table and size is None):
-        raise SpaError(f"summary.json: recipe {summary['recipe'].get('name')!r} has no [geometry] mode/size")
-    return Geometry(table["mode"], tuple(size or table["size"]), tuple(strides))
+def geometry_for(summary: dict, strides: Sequence[int], size: Optional[tuple[int, int]] = None, *,
+                 where: Path) -> Geometry:
+    """The recipe's [geometry] (as the subset's summary.json ``where`` records it) at ``strides``,
+    with ``size`` overriding its size."""
+    table = summary["recipe"].get("geometry")
+    if not table:
+        raise SpaError(f"{where}: recipe {summary['recipe'].get('name')!r} has no [geometry] table (mode, size)")
+    try:
+        spec = GeometrySpec.from_table(table)
+    except SpaError as e:
+        raise SpaError(f"{where}: recipe {e}") from None
+    return spec.with_strides(strides, size)
 
 
 def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size: Optional[tuple[int, int]] = None,
                 shard_size: int = 1000, root: Optional[Path] = None, on_bad_image: str = "error") -> list[ShardJob]:
     """The deterministic partition of a subset into shard jobs (``root``: the dataset root, when it moved)."""
     if shard_size < 1:
-        raise SpaError(f"--shard-size {shard_size}: must be at least 1")
+        raise ParamError(f"{{shard_size}} {shard_size}: must be at least 1", "shard_size")
     if on_bad_image not in ON_BAD_IMAGE:
         raise SpaError(f"on_bad_image {on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)}")
     summary, manifest, annotations = read_subset(subset_dir)
-    geometry = geometry_for(summary, strides, size)
+    geometry = geometry_for(summary, strides, size, where=Path(subset_dir) / "summary.json")
     recipe = summary["recipe"]
     header = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "subset": summary.get("subset"),
@@ -306,7 +313,7 @@ def _finished_entry(job: ShardJob, recorded_sha256: Optional[str]) -> Optional[d
         return None
     if recorded_sha256 is None:
         return None   # renamed into place but never recorded (killed in between): redone
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest != recorded_sha256:
         print(f"{path}: changed since it was written (sha256 {digest[:16]}... was {recorded_sha256[:16]}...); "
               "writing it again", file=sys.stderr)
@@ -335,7 +342,7 @@ def write_shard(job: ShardJob) -> dict:
         f.flush()
         image = f.id.get_file_image()
     atomic_write(Path(job.out_dir) / job.name, image, kept="the shards written so far are kept (rerun to resume)")
-    return {"file": job.name, "num_samples": len(samples), "sha256": hashlib.sha256(image).hexdigest(),
+    return {"file": job.name, "num_samples": len(samples), "sha256": sha256_bytes(image),
             "has_masks": has_masks, "skipped": skipped}
 
 
@@ -445,7 +452,7 @@ def resolve_shard_dir(path: Path) -> Path:
 def load_index(path: Path) -> tuple[Path, dict]:
     """(shard directory, index) after checking the schema and version."""
     shard_dir = resolve_shard_dir(path)
-    index = _read_json(shard_dir / INDEX)
+    index = read_json(shard_dir / INDEX)
     if not isinstance(index, dict):
         raise SpaError(f"{shard_dir / INDEX}: not a shard index (expected a JSON object)")
     check_schema(index.get("schema"), index.get("schema_version"), shard_dir / INDEX)
@@ -567,26 +574,6 @@ def _attr(f: h5py.File, key: str) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------------------------- util
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpaError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpaError(f"{path}: malformed JSON ({e})") from None
-
-
 # ---------------------------------------------------------------------------------------- verify, stats
 
 
@@ -606,7 +593,7 @@ def verify_shards(path: Path, *, sample: int = 16, subset: Optional[Path] = None
         shard = shard_dir / entry["file"]
         if not shard.is_file():
             raise SpaError(f"{shard}: missing (listed in {shard_dir / INDEX})")
-        digest = file_sha256(shard)
+        digest = sha256_file(shard)
         if digest != entry["sha256"]:
             raise SpaError(f"{shard}: sha256 {digest[:16]}... does not match {INDEX} ({entry['sha256'][:16]}...)")
         open_listed(shard_dir, index, k).close()
@@ -658,7 +645,7 @@ def _rederive(shard_dir: Path, index: dict, geometry: Geometry, picks: list[int]
             if not (np.array_equal(boxes, stored["boxes"]) and categories == stored["categories"].tolist()):
                 raise SpaError(f"{where}: boxes or categories differ from {source / 'annotations.jsonl'}")
             if index["image_format"] == "jpeg":
-                if entry.get("sha256") and hashlib.sha256(stored["image"].tobytes()).hexdigest() != entry["sha256"]:
+                if entry.get("sha256") and sha256_bytes(stored["image"].tobytes()) != entry["sha256"]:
                     raise SpaError(f"{where}: image bytes differ from the sha256 in {source / 'manifest.jsonl'}")
                 problem = jpeg_problem(np.asarray(stored["image"]))
                 if problem is not None:

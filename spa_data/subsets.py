@@ -5,7 +5,7 @@ worker processes), its object-pixel ratio is measured on the recipe's canvas, an
 it is kept iff it has objects (or ``keep_empty``) and ``min_ratio <= ratio < max_ratio``
 (the ratio rounded to 6 decimals, as written, so a manifest can be re-filtered exactly).
 The subset directory holds ``manifest.jsonl``, ``annotations.jsonl``, ``summary.json``
-and ``ratio_hist.png`` (see INTERFACES.md); the same inputs give the same bytes for
+and ``ratio_hist.png``; the same inputs give the same bytes for
 any number of workers or parts.
 
 Files of dropped images are never read; the files of kept images are hashed
@@ -37,9 +37,11 @@ try:  # ~5x faster line encoding; optional (falls back to the stdlib, same bytes
 except ImportError:  # pragma: no cover - depends on the environment
     orjson = None
 
+from spa_common.errors import ParamError, SpaError
+from spa_common.hashing import sha256_file
+from spa_common.io import check_apart, foreign_entries, staged_dir
+from spa_common.jsonio import read_json
 from spa_data import __version__
-from spa_data.errors import SpaError
-from spa_data.io import check_apart, foreign_entries, staged_dir
 from spa_data.ratio import object_pixel_ratio
 from spa_data.recipes import Recipe
 from spa_data.records import ImageRecord, sort_key
@@ -81,8 +83,11 @@ class Part:
     count: int
 
     def __post_init__(self):
-        if not (self.count >= 1 and 0 <= self.index < self.count):
-            raise SpaError(f"--part {self.index} --num-parts {self.count}: need 0 <= part < num-parts")
+        if self.count < 1:
+            raise ParamError(f"{{num_parts}} {self.count}: must be at least 1", "num_parts")
+        if not 0 <= self.index < self.count:
+            raise ParamError(f"{{part}} {self.index}: must be from 0 to {self.count - 1} ({{num_parts}} {self.count})",
+                             "part", "num_parts")
 
     def bounds(self, total: int) -> tuple[int, int]:
         return self.index * total // self.count, (self.index + 1) * total // self.count
@@ -150,7 +155,7 @@ def process_item(job: _Job, item: Any) -> ImageResult:
         return ImageResult(dropped=dropped, **common)
     path = job.root / record.file
     try:
-        digest = _sha256(path) if job.options.checksums else _stat(path)
+        digest = _image_sha256(path) if job.options.checksums else _stat(path)
     except SpaError as e:
         if not job.keep_all:
             raise
@@ -169,10 +174,9 @@ def _drop_reason(record: ImageRecord, ratio: float, recipe: Recipe, keep_empty: 
     return None
 
 
-def _sha256(path: Path) -> str:
+def _image_sha256(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_file(path)
     except FileNotFoundError:
         raise SpaError(f"{path}: image file not found") from None
     except IsADirectoryError:
@@ -514,7 +518,8 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
         raise SpaError(f"merge: parts of {count} incomplete: missing {missing or 'none'}, duplicated {dup or 'none'}")
     roots = {s["root"] for _, s in parts}
     if root is None and len(roots) > 1:
-        raise SpaError(f"merge: parts were built from different roots ({', '.join(sorted(roots))}); pass --root")
+        raise ParamError(f"merge: parts were built from different roots ({', '.join(sorted(roots))}); give {{root}}",
+                         "root")
     meta = {k: first[k] for k in _PART_INVARIANT}
     meta["root"] = str(Path(root).resolve()) if root is not None else first["root"]
     for d, _ in parts:
@@ -539,20 +544,10 @@ def merge_parts(part_dirs: Sequence[Path], out: Path, *, root: Optional[Path] = 
 
 
 def _read_part(d: Path) -> tuple[Path, dict]:
-    summary = _read_json(d / SUMMARY)
+    summary = read_json(d / SUMMARY)
     if "part" not in summary:
-        raise SpaError(f"{d / SUMMARY}: not a part directory (built without --num-parts/--part)")
+        raise SpaError(f"{d / SUMMARY}: not a part directory (a whole subset, not one part of a build in parts)")
     return d, summary
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SpaError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpaError(f"{path}: malformed JSON ({e})") from None
 
 
 # --------------------------------------------------------------------------- rebuild from a manifest
@@ -575,7 +570,7 @@ def rebuild_from_manifest(manifest: Path, root: Path, out: Path, *, workers: int
     The outputs equal the published ones byte for byte, except ``root`` in summary.json.
     """
     manifest = Path(manifest)
-    published = _read_json(manifest.parent / SUMMARY)
+    published = read_json(manifest.parent / SUMMARY)
     if "part" in published:
         raise SpaError(f"{manifest.parent / SUMMARY}: is one part of a build; merge the parts first")
     try:

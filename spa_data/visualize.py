@@ -6,13 +6,13 @@ are drawn as boxes named by their class (detection); a classification image's cl
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from spa_data.errors import SpaError
+from spa_common.errors import ParamError, SpaError
+from spa_common.io import atomic_open
 from spa_data.loader import ShardDataset
 
 _MAX_GRID_LINES = 64  # skip cell borders when they would merge into a texture
@@ -106,20 +106,17 @@ def show_samples(path: Path, out: Path, *, n: int = 16, select_threshold: float 
     import matplotlib.pyplot as plt
 
     if n < 1:
-        raise SpaError(f"--n {n}: must be at least 1")
+        raise ParamError(f"{{n}} {n}: must be at least 1", "n")
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise SpaError(f"{out}: --out must be a .png file")
+        raise SpaError(f"{out}: not a .png file name (the figure is written as PNG)")
     ds = ShardDataset(path, select_threshold=select_threshold, masks=False)
     fig = draw_samples(ds, pick_samples(ds, n=n, indices=indices, image_ids=image_ids),
                        select_threshold=select_threshold)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_open(out) as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out

@@ -32,7 +32,7 @@ def process_pool(workers: int, initializer: Optional[Callable] = None, initargs:
 
 def _init_worker(parent: int, initializer: Optional[Callable], initargs: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the parent's handler (cli.common) is not for workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the parent's handler (spa_cli.common) is not for workers
     die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)

@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 __all__ = ["load_swin_state_dict", "convert_swin_state_dict", "load_pretrained", "read_pretrained",
            "PretrainedReport"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_train.runtime import autocast, peak_memory_mb, reset_peak_memory, resolve_device, synchronize, use_amp
 from spa_train.tasks import backbone_options
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spa_data.errors import SpaError
-from spa_data.io import atomic_open
+from spa_common.errors import SpaError
+from spa_common.io import atomic_open
 
 FORMAT = "spa-train/1"
 

@@ -5,12 +5,14 @@ Precedence (lowest first): the defaults below, the config file, the command-line
 syntax and checked against the field's type, so ``lr=3e-4``, ``amp=false`` and
 ``model_args={embed_dim: 24, depths: [1, 1, 2, 1]}`` all work; ``model_args.embed_dim=24``
 sets one entry of a dict field. The resolved config is saved as ``config.yaml`` in the run
-directory, and ``spa-train --config RUN/config.yaml`` reproduces the run.
+directory, and ``spa-train --config RUN/config.yaml`` reproduces the run. The paper's recipes
+ship as package data (``configs/`` in the source tree): ``--config coco-s/spt_tiny`` reads one.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import inspect
 import json
 import math
@@ -31,14 +33,15 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from spa_data.errors import SpaError
-from spa_data.io import atomic_write
+from spa_common.errors import SpaError
+from spa_common.io import atomic_write
 from spa_data.recipes import TASKS
 from spa_model.selection import SELECTORS
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "off")
 LR_SCHEDULES = ("cosine", "step")
+SHIPPED_CONFIGS = "spa_train.configs"
 
 
 @dataclass
@@ -232,20 +235,32 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs, ``<subset>/<model>``."""
+    root = importlib.resources.files(SHIPPED_CONFIGS)
+    return sorted(f"{d.name}/{f.name.removesuffix('.yaml')}" for d in root.iterdir() if d.is_dir()
+                  for f in d.iterdir() if f.name.endswith(".yaml"))
+
+
 def read_config_file(path: str | Path) -> dict:
+    """The mapping in a YAML or TOML file, or in the shipped config named ``path`` (``coco-s/spt_tiny``)."""
     path = Path(path)
     if not path.is_file():
-        raise SpaError(f"{path}: config file not found")
+        name = path.as_posix().removesuffix(".yaml")
+        if name not in shipped_configs():
+            raise SpaError(f"{path}: config file not found (nor a shipped config <subset>/<model>, "
+                           "e.g. coco-s/spt_tiny)")
+        path = importlib.resources.files(SHIPPED_CONFIGS).joinpath(*f"{name}.yaml".split("/"))
+    suffix = Path(path.name).suffix
     try:
-        if path.suffix == ".toml":
-            with path.open("rb") as f:
-                data = tomllib.load(f)
-        elif path.suffix in (".yaml", ".yml"):
+        if suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif suffix in (".yaml", ".yml"):
             data = _load_yaml(path.read_text()) or {}
         else:
             raise SpaError(f"{path}: config must be .yaml, .yml or .toml")
     except (ValueError, tomllib.TOMLDecodeError) as e:  # yaml.YAMLError and json errors are ValueErrors
-        raise SpaError(f"{path}: not valid {path.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+        raise SpaError(f"{path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SpaError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data

@@ -32,8 +32,8 @@ from typing import Any, Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 
-from spa_data.errors import SpaError
-from spa_data.io import foreign_entries
+from spa_common.errors import ParamError, SpaError
+from spa_common.io import foreign_entries, is_temporary
 from spa_data.jitter import check_short_sides
 from spa_model.models import ModelContract
 from spa_model.weights import load_pretrained
@@ -62,7 +62,7 @@ def open_shards(path: str, config: TrainConfig, *, train: bool):
     from spa_data.loader import ShardDataset
 
     if not path:
-        raise SpaError("no shards given (--shards DIR)")
+        raise ParamError("no training shards given (set {shards})", "shards")
     dataset = ShardDataset(path, select_threshold=config.select_threshold, train=train,
                            hflip=config.hflip if train else 0.0, masks=config.masks, seed=config.seed)
     if dataset.task != config.task:
@@ -184,7 +184,7 @@ class Trainer:
                     if self.stop_requested:
                         self._save("last.pt")
                         self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
-                                  f"continue with --resume {self.run_dir}")
+                                  f"resume from {self.run_dir} to continue")
                         break
         finally:
             for loader in (self.loader, self.val_loader):
@@ -556,8 +556,8 @@ def train(config: TrainConfig, *, resume: Optional[str | Path] = None) -> dict[s
     last = run_dir / "last.pt"
     if last.is_file():
         if state is None:
-            raise SpaError(f"{run_dir}: already holds a run (last.pt); continue it with --resume {run_dir}, "
-                           f"or choose another --out")
+            raise ParamError(f"{run_dir}: already holds a run (last.pt); continue it with {{resume}} {run_dir}, "
+                             "or choose another {out}", "resume", "out")
         if not os.path.samefile(path, last):
             raise SpaError(f"{path}: continuing it in {run_dir} would overwrite that run's last.pt and metrics "
                            f"(a rewind); resume {last}, or set another out directory to branch off {path.name}")
@@ -579,8 +579,7 @@ def _check_new_run_dir(run_dir: Path) -> None:
     """A run starts in a new or empty directory, or in one a run left before its first checkpoint."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
-    foreign = foreign_entries(run_dir, lambda p: p.name in RUN_FILES or (p.name.startswith(".") and ".tmp-" in p.name)
-                              or p.name.endswith(".tmp"))
+    foreign = foreign_entries(run_dir, lambda p: p.name in RUN_FILES or is_temporary(p))
     if foreign or not (run_dir / "config.yaml").is_file():
         what = f"holds {foreign[0]}" if foreign else "has no config.yaml"
         raise SpaError(f"{run_dir}: not empty and not a spa-train run directory ({what}); "

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_common.io import atomic_open, atomic_write
 
 
 class MetricsWriter:
@@ -46,12 +47,10 @@ class MetricsWriter:
         columns: list[str] = []
         for row in self.epoch_rows:
             columns += [k for k in row if k not in columns]
-        tmp = self.run_dir / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(self.run_dir / "metrics.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.epoch_rows)
-        tmp.replace(self.run_dir / "metrics.csv")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -73,9 +72,7 @@ def read_metrics(path: Path) -> list[dict]:
 def truncate_metrics(path: Path, *, after_step: int) -> None:
     """Drop rows logged after ``after_step``: a resumed run re-logs them."""
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= after_step]
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    atomic_write(Path(path), "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def _tensorboard_writer(path: Path) -> Optional[Any]:

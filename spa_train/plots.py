@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spa_common.io import atomic_open
+
 
 def plot_curves(rows: list[dict], path: Path, *, metric: str) -> bool:
     """Four panels from ``metrics.jsonl`` rows; ``metric`` names the validation column (e.g. 'val/top1').
@@ -26,10 +28,11 @@ def plot_curves(rows: list[dict], path: Path, *, metric: str) -> bool:
     label_keys = sorted({k for r in epochs for k in r if k.startswith("train/label_ratio/")})
     _line(axes[3], epochs, "epoch", ratio_keys + label_keys, "select ratio (solid) vs label ratio")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return True
 
 

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import torch
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 
 def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpaError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise SpaError("device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_model.selection import SELECTORS
 from spa_train.config import TrainConfig
 from spa_train.detection import build_detector

@@ -1,7 +1,9 @@
-"""Shared test fixtures: the real dataset samples and a generated demo tree."""
+"""Shared test fixtures: the real dataset samples, and the demo chain (demo data -> subsets -> shards)."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,20 +46,56 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def coco_s_demo(demo_root, tmp_path_factory) -> Path:
-    """COCO-S shards of the demo data at a small fit size (96x64), as `spa-data build` + `labels` make them."""
-    from cli.data import main as spa_data
+def demo_subset(demo_root, tmp_path_factory):
+    """``demo_subset(recipe, split="val")``: `spa-data build RECIPE --split SPLIT` of the demo dataset the
+    recipe reads (its source's folder under ``demo_root``). Built once per session and shared: read it,
+    or copy it to change it."""
+    from spa_cli.data import main as spa_data
+    from spa_data.demo import ROOTS
+    from spa_data.recipes import load_recipe
 
-    out = tmp_path_factory.mktemp("coco-s-demo")
-    spa_data(["build", "coco-s", "--root", str(demo_root / "coco"), "--split", "val", "--out", str(out / "subset")])
-    spa_data(["labels", str(out / "subset"), "--size", "96,64"])
-    return out / "subset"
+    out = tmp_path_factory.mktemp("demo-subsets")
+
+    def build(recipe: str, split: str = "val") -> Path:
+        subset = out / f"{recipe}-{split}"
+        if not subset.is_dir():
+            root = demo_root / ROOTS[load_recipe(recipe).source]
+            spa_data(["build", recipe, "--root", str(root), "--split", split, "--out", str(subset)])
+        return subset
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo_subset, tmp_path_factory):
+    """``demo_shards(recipe, split="val", *labels_args)``: a copy of ``demo_subset(recipe, split)`` with
+    the shards `spa-data labels LABELS_ARGS` writes into its ``shards/``; returns the subset directory
+    (which ``ShardDataset``, ``spa-train --shards`` and ``spa-data verify`` all take). Made once per
+    session per arguments and shared: read it, or copy it to change it."""
+    from spa_cli.data import main as spa_data
+
+    out = tmp_path_factory.mktemp("demo-shards")
+
+    def label(recipe: str, split: str = "val", *labels_args: str) -> Path:
+        subset = out / re.sub(r"[^\w.,-]+", "_", " ".join((recipe, split, *labels_args)))
+        if not (subset / "shards" / "index.json").is_file():
+            shutil.copytree(demo_subset(recipe, split), subset)
+            spa_data(["labels", str(subset), *labels_args])
+        return subset
+
+    return label
+
+
+@pytest.fixture(scope="session")
+def coco_s_demo(demo_shards) -> Path:
+    """COCO-S demo shards at a small fit size (96x64), the one detection set the CPU tests train on."""
+    return demo_shards("coco-s", "val", "--size", "96,64")
 
 
 @pytest.fixture
 def spa_train_cli(capsys):
     """``spa-train ARGS`` in this process: returns (exit code, stdout, stderr)."""
-    from cli.train import main
+    from spa_cli.train import main
 
     def run(args: list[str]) -> tuple[int, str, str]:
         try:

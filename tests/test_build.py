@@ -14,14 +14,14 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_data.geometry import GeometrySpec
 from spa_data.recipes import Recipe, load_recipe, recipe_names
 from spa_data.subsets import (HIST_BINS, BuildOptions, Part, RebuildError, build_subset, merge_parts,
                               rebuild_from_manifest)
 
 OUTPUTS = ("manifest.jsonl", "annotations.jsonl", "summary.json", "ratio_hist.png")
 COCO_JSON = "annotations/instances_val2017.json"
-DEMO_ROOTS = {"coco": "coco", "bdd": "bdd100k", "voc": "VOCdevkit/VOC2012", "tiny-imagenet": "tiny-imagenet-200"}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -66,6 +66,8 @@ def test_shipped_recipes_match_the_paper():
     assert load_recipe("bdd-s").max_ratio == load_recipe("voc-s").max_ratio == 0.25
     assert load_recipe("in-s").pad == (2, 2) and load_recipe("in-s").canvas(64, 64) == (128, 128)
     assert all(load_recipe(n).max_ratio is None for n in ("coco", "bdd", "voc", "tiny-in"))
+    assert load_recipe("coco-s").geometry == GeometrySpec("fit", (1333, 800))
+    assert load_recipe("in-s").geometry == GeometrySpec("pad", (128, 128))
 
 
 def test_user_recipe_file_and_bad_values(tmp_path):
@@ -160,12 +162,10 @@ def test_ratio_bounds_are_half_open(fixtures_dir, tmp_path):
 
 # ---------------------------------------------------------------- every subset of the demo data
 
-@pytest.mark.parametrize("subset, source, split", [("coco-s", "coco", "val"), ("bdd-s", "bdd", "val"),
-                                                   ("voc-s", "voc", "val"), ("in-s", "tiny-imagenet", "val"),
-                                                   ("coco", "coco", "val"), ("tiny-in", "tiny-imagenet", "val")])
-def test_demo_subsets(demo_root, tmp_path, subset, source, split):
-    summary = build(subset, demo_root / DEMO_ROOTS[source], tmp_path / "out", split=split)
-    out = tmp_path / "out"
+@pytest.mark.parametrize("subset", ["coco-s", "bdd-s", "voc-s", "in-s", "coco", "tiny-in"])
+def test_demo_subsets(demo_subset, subset):
+    out = demo_subset(subset)
+    summary = json.loads((out / "summary.json").read_text())
     manifest, ann = read_jsonl(out / "manifest.jsonl"), read_jsonl(out / "annotations.jsonl")
     counts = summary["counts"]
     assert counts["kept"] == len(manifest) == len(ann) > 0
@@ -176,7 +176,7 @@ def test_demo_subsets(demo_root, tmp_path, subset, source, split):
     assert all(m["ratio"] < (bound if bound is not None else 1.0 + 1e-9) for m in manifest)
     assert [a["image_id"] for a in ann] == [m["image_id"] for m in manifest]
     assert (out / "ratio_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob("out.tmp-*"))
+    assert not list(out.parent.glob(f"{out.name}.tmp-*"))
 
 
 # ---------------------------------------------------------------- determinism, parts, merge

@@ -6,6 +6,8 @@ temporary sibling).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import json
 import shutil
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import cli.data
-from cli.data_labels import COMMANDS as LABEL_COMMANDS
+import spa_cli.data
+from spa_cli.data_labels import COMMANDS as LABEL_COMMANDS
+from spa_common.errors import SpaError
+from spa_data.recipes import load_recipe
+from spa_data.subsets import BuildOptions, Part, build_subset, merge_parts
 
 COCO_JSON = "annotations/instances_val2017.json"
 
@@ -24,7 +29,7 @@ COCO_JSON = "annotations/instances_val2017.json"
 def spa_data(capsys, *args) -> tuple[int, str, str]:
     """Run `spa-data ARGS` in-process: (exit code, stdout, stderr)."""
     try:
-        cli.data.main([str(a) for a in args])
+        spa_cli.data.main([str(a) for a in args])
         code = 0
     except SystemExit as e:
         code = e.code
@@ -65,7 +70,7 @@ def build_args(root: Path, out: Path, subset: str = "coco", split: str = "val", 
 
 
 def test_group_has_every_command():
-    names = set(cli.data.group.commands)
+    names = set(spa_cli.data.group.commands)
     assert {"build", "merge", "demo-data"} <= names
     assert {c.name for c in LABEL_COMMANDS} <= names
 
@@ -99,6 +104,49 @@ def test_a_subset_of_no_image_is_refused_and_not_written(capsys, coco_root, tmp_
         assert spa_data(capsys, *build_args(coco_root, part, "coco-s", "val", "--num-parts", 2, "--part", i))[0] == 0
     code, _, err = spa_data(capsys, "merge", *parts, "--out", out)
     assert_one_line_error(code, err, f"{out}: kept 0 of 2 images")
+
+
+def test_library_errors_name_the_options_given(capsys, coco_root, tmp_path):
+    """The library names its parameters (part, num_parts, root); the command line its options."""
+    with pytest.raises(SpaError, match=r"^part 2: must be from 0 to 1 \(num_parts 2\)$"):
+        Part(2, 2)
+    code, _, err = spa_data(capsys, *build_args(coco_root, tmp_path / "p", "coco", "val", "--num-parts", 2,
+                                                "--part", 2))
+    assert_one_line_error(code, err, "--part 2: must be from 0 to 1 (--num-parts 2)")
+    other_root = tmp_path / "elsewhere" / "coco"
+    shutil.copytree(coco_root, other_root)
+    parts = [tmp_path / "p0", tmp_path / "p1"]
+    for i, (part, root) in enumerate(zip(parts, (coco_root, other_root))):
+        assert spa_data(capsys, *build_args(root, part, "coco", "val", "--num-parts", 2, "--part", i))[0] == 0
+    with pytest.raises(SpaError, match="built from different roots .*; give root$"):
+        merge_parts(parts, tmp_path / "merged")
+    code, _, err = spa_data(capsys, "merge", *parts, "--out", tmp_path / "merged")
+    assert_one_line_error(code, err, "built from different roots", "give --root")
+    assert_nothing_written(tmp_path / "merged")
+    code, _, err = spa_data(capsys, "merge", *parts, "--out", tmp_path / "merged", "--root", coco_root)
+    assert code == 0, err
+
+
+BAD_GEOMETRY = {   # [geometry] table: the one line naming the recipe file and the field
+    'mode = "fitt"\nsize = [640, 480]': "geometry.mode 'fitt' is not one of fit, square, pad",
+    'mode = "fit"\nsize = [640]': "geometry.size [640]: need two integers from 1 to 16384",
+    'mode = "fit"\nsize = [640.5, 480]': "geometry.size [640.5, 480]: need two integers",
+    'mode = "pad"\nsize = [0, 128]': "geometry.size [0, 128]: need two integers",
+    'mode = "square"\nsize = "448"': "geometry.size '448': need two integers",
+    'mode = "fit"': "geometry.size is missing",
+    'mode = "fit"\nsize = [640, 480]\nsizes = [1, 2]': "geometry: unknown key(s) sizes",
+}
+
+
+@pytest.mark.parametrize("table", sorted(BAD_GEOMETRY))
+def test_bad_geometry_fails_when_the_recipe_is_read(capsys, tmp_path, table):
+    """At `spa-data build`, before any data is read (the root does not even exist), not at `labels`."""
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(f'name = "bad"\nsource = "coco"\ntask = "det"\nsplits = ["val"]\n[geometry]\n{table}\n')
+    out = tmp_path / "out"
+    code, _, err = spa_data(capsys, "build", "--recipe", recipe, "--root", tmp_path / "no-data", "--split", "val",
+                            "--out", out)
+    assert_one_line_error(code, err, f"{recipe}: {BAD_GEOMETRY[table]}")
     assert_nothing_written(out)
 
 
@@ -215,7 +263,10 @@ def test_unwritable_or_occupied_out(capsys, coco_root, tmp_path):
     earlier = tmp_path / "earlier"
     assert spa_data(capsys, *build_args(coco_root, earlier))[0] == 0
     code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--max-ratio", "0.3"))
-    assert_one_line_error(code, err, str(earlier), "--overwrite")
+    assert_one_line_error(code, err, str(earlier), "(pass --overwrite to replace it)")
+    with pytest.raises(SpaError, match=r"\(pass overwrite to replace it\)$"):   # the library's own word
+        build_subset(dataclasses.replace(load_recipe("coco-s"), max_ratio=0.3), BuildOptions(root=coco_root, split="val"),
+                     earlier, progress=False)
     code, _, err = spa_data(capsys, *build_args(coco_root, earlier, "coco-s", "val", "--max-ratio", "0.3",
                                                 "--overwrite"))
     assert code == 0 and sorted(p.name for p in earlier.iterdir()) == [

@@ -24,8 +24,8 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import roi_align
 
 import spa_model
-from cli.data import main as spa_data
-from spa_data.errors import SpaError
+from spa_cli.data import main as spa_data
+from spa_common.errors import SpaError
 from spa_data.loader import ShardDataset, make_loader
 from spa_train.distributed import DistInfo
 from spa_train.tasks import CocoMeter, Detector

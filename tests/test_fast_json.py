@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from spa_data.errors import SpaError
-from spa_data.sources.common import load_json
+from spa_common.errors import SpaError
+from spa_common.jsonio import read_json
 from spa_data.subsets import _dumps
 
 pytest.importorskip("orjson")   # without it both paths ARE the stdlib
@@ -36,26 +36,26 @@ def test_dumps_matches_stdlib_on_random_floats():
 
 @pytest.mark.parametrize("text", [
     '{"a": [1, 2.5, -0, 1e400, NaN], "b": "x"}',   # stdlib extensions orjson rejects
-    '{"big": 18446744073709551615, "small": -9223372036854775808}',   # 64-bit limits (see load_json)
+    '{"big": 18446744073709551615, "small": -9223372036854775808}',   # 64-bit limits (see read_json)
     '\ufeff{"bom": true}',
     '{"a": 1, "a": 2}',
     '{"s": "\\ud800"}',
 ])
-def test_load_json_matches_stdlib(tmp_path, text):
+def test_read_json_matches_stdlib(tmp_path, text):
     path = tmp_path / "x.json"
     path.write_text(text, encoding="utf-8")
-    got = load_json(path)
+    got = read_json(path)
     want = json.loads(path.read_bytes())
     assert json.dumps(got) == json.dumps(want)
     if "NaN" in text:
         assert math.isnan(got["a"][4]) and got["a"][3] == math.inf
 
 
-def test_load_json_malformed_message_is_stdlib(tmp_path):
+def test_read_json_malformed_message_is_stdlib(tmp_path):
     path = tmp_path / "instances_val2017.json"
     path.write_text('{"images": [1, 2,', encoding="utf-8")
     with pytest.raises(json.JSONDecodeError) as stdlib_error:
         json.loads(path.read_bytes())
     with pytest.raises(SpaError) as e:
-        load_json(path)
+        read_json(path)
     assert str(e.value) == f"{path}: malformed JSON ({stdlib_error.value})"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.data import main as spa_data
-from spa_data.errors import SpaError
+from spa_cli.data import main as spa_data
+from spa_common.errors import SpaError
 from spa_data.geometry import Geometry
 from spa_data.jitter import check_short_sides, draw_short_sides
 from spa_data.loader import Collate, ShardDataset, finish_batch, make_loader

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.geometry import Geometry, Layout, parse_scales, parse_size
 from spa_data.labels import coverage, quantize, region_from_objects, selection_labels, threshold_code
 from spa_data.loader import ShardDataset
@@ -27,7 +28,7 @@ def touched_cells(box, stride: int, shape) -> np.ndarray:
 
 
 def write_subset(root, out, *, images, task="det", geometry=None, classes=("thing",), name="hand"):
-    """A subset directory in the INTERFACES.md format (what `spa-data build` writes).
+    """A subset directory as `spa-data build` writes it (manifest.jsonl, annotations.jsonl, summary.json).
 
     ``images``: list of (image_id, relative file, width, height, objects, label).
     """
@@ -62,7 +63,7 @@ def test_geometry_layouts_by_hand():
 
 @pytest.mark.parametrize("text", ["8,16,x", "8,12", "2,4", "128", "8,8", "", "-8"])
 def test_bad_scales_are_clear_errors(text):
-    with pytest.raises(SpaError, match="--scales"):
+    with pytest.raises(SpaError, match=f"^strides {text}: "):   # the library's word; `spa-data labels` says --scales
         parse_scales(text)
 
 
@@ -70,8 +71,21 @@ def test_scales_and_sizes_parse():
     assert parse_scales("32,8,16") == (8, 16, 32)
     assert parse_scales("4,64") == (4, 64)
     assert parse_size("1333,800") == (1333, 800) and parse_size("448") == (448, 448)
-    with pytest.raises(SpaError, match="--size"):
-        parse_size("448,abc")
+    for text in ("448,abc", "0", "16385,800", "1,2,3"):
+        with pytest.raises(SpaError, match=f"^size {text}: expected N or W,H, integers from 1 to 16384"):
+            parse_size(text)
+
+
+@pytest.mark.parametrize("geometry, message", [
+    ({"mode": "fitt", "size": [800, 500]}, "recipe geometry.mode 'fitt' is not one of fit, square, pad"),
+    ({"mode": "fit", "size": [800]}, "recipe geometry.size [800]: need two integers from 1 to 16384"),
+    ({"mode": "fit"}, "recipe geometry.size is missing"),
+])
+def test_a_summary_with_a_broken_geometry_names_the_file(tmp_path, geometry, message):
+    """A summary.json edited by hand (or from an older build) fails at `spa-data labels`, naming itself."""
+    subset = write_subset(tmp_path, tmp_path / "subset", images=[(1, "a.jpg", 8, 8, [], None)], geometry=geometry)
+    with pytest.raises(SpaError, match=re.escape(f"{subset / 'summary.json'}: {message}")):
+        write_shards(subset, progress=False)
 
 
 def test_scale_that_does_not_divide_the_geometry():
@@ -266,18 +280,3 @@ def test_masks_and_boxes_without_masks_are_united(coco_objects):
     for s in STRIDES:
         ref = canvas.reshape(canvas.shape[0] // s, s, canvas.shape[1] // s, s).mean((1, 3))
         np.testing.assert_allclose(cov[s], ref, atol=1e-9)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_rle_counts_match_pycocotools_runs(seed):
-    """The vectorised RLE string parser against pycocotools' own decode, on random and empty masks."""
-    from spa_data.labels import rle_counts
-
-    rng = np.random.default_rng(seed)
-    for h, w, density in [(37, 53, 0.3), (64, 48, 0.02), (20, 30, 0.0), (16, 16, 1.0)]:
-        mask = (rng.random((h, w)) < density).astype(np.uint8)
-        rle = mask_utils.encode(np.asfortranarray(mask))
-        runs = rle_counts(rle["counts"])
-        assert runs.sum() == h * w
-        flat = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8)   # runs alternate 0s and 1s
-        np.testing.assert_array_equal(flat.reshape(w, h).T, mask_utils.decode(rle))

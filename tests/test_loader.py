@@ -1,4 +1,4 @@
-"""ShardDataset and make_loader: contract, RLE decoding, flips, workers under spawn, DistributedSampler, GPU path."""
+"""ShardDataset and make_loader: contract, masks, flips, workers under spawn, DistributedSampler, GPU path."""
 from __future__ import annotations
 
 import json
@@ -11,31 +11,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DistributedSampler
 
-from cli.data import main as spa_data_main
-from spa_data.loader import IMAGENET_MEAN, IMAGENET_STD, ShardDataset, decode_rle, make_loader
-from spa_data.shards import write_shards
-
-DEMO_SOURCES = {"coco-s": "coco", "in-s": "tiny-imagenet-200", "voc-s": "VOCdevkit/VOC2012"}
+from spa_data.loader import IMAGENET_MEAN, IMAGENET_STD, ShardDataset, make_loader
 
 
 @pytest.fixture(scope="module")
-def shard_dirs(demo_root, tmp_path_factory) -> dict[str, Path]:
-    """Demo datasets -> `spa-data build` -> shards (4 samples per shard)."""
-    out = tmp_path_factory.mktemp("loader")
-    for name, source in DEMO_SOURCES.items():
-        spa_data_main(["build", name, "--root", str(demo_root / source), "--split", "val", "--out", str(out / name)])
-        write_shards(out / name, shard_size=4, progress=False)
-    return {name: out / name for name in DEMO_SOURCES}
-
-
-def test_decode_rle_matches_pycocotools(fixtures_dir):
-    data = json.loads((fixtures_dir / "coco/val-2img/annotations/instances_val2017.json").read_text())
-    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
-    for ann in data["annotations"]:
-        h, w = sizes[ann["image_id"]]
-        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))
-        np.testing.assert_array_equal(decode_rle(rle["counts"], h, w), mask_utils.decode(rle))
-    assert decode_rle(b"", 3, 4).shape == (3, 4)
+def shard_dirs(demo_shards) -> dict[str, Path]:
+    """Demo subsets with their shards (4 samples per shard), val split."""
+    return {name: demo_shards(name, "val", "--shard-size", "4") for name in ("coco-s", "in-s", "voc-s")}
 
 
 def _annotations(subset: Path) -> list[dict]:

@@ -12,7 +12,7 @@ import torch
 from torchvision.models.swin_transformer import SwinTransformer as TorchvisionSwin
 
 import spa_model
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_model.weights import load_pretrained
 
 TINY = dict(embed_dim=8, depths=[1, 1, 2, 2], num_heads=[1, 1, 2, 2])

@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.ratio import object_pixel_ratio
 from spa_data.records import ImageRecord, ObjectRecord
 from spa_data.sources import open_source

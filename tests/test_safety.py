@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-import cli.data
-import cli.train
-from spa_data.errors import SpaError
-from spa_data.io import directory_lock
+import spa_cli.data
+import spa_cli.train
+from spa_common.errors import SpaError
+from spa_common.io import directory_lock
 from spa_data.loader import ShardDataset, make_loader
-from spa_data.shards import LOCK, load_index, verify_shards, write_shards
+from spa_data.shards import LOCK, load_index, verify_shards
 from spa_train.checkpoint import load_checkpoint
 from spa_train.config import resolve_config
 from spa_train.engine import train
@@ -53,7 +53,7 @@ def run_cli(main, capsys, *args) -> tuple[int, str, str]:
 
 
 def spa_data(capsys, *args):
-    return run_cli(cli.data.main, capsys, *args)
+    return run_cli(spa_cli.data.main, capsys, *args)
 
 
 def env() -> dict:
@@ -61,7 +61,7 @@ def env() -> dict:
 
 
 def command(tool: str, *args) -> list[str]:
-    return [sys.executable, "-c", f"from cli.{tool} import main; main()", *map(str, args)]
+    return [sys.executable, "-c", f"from spa_cli.{tool} import main; main()", *map(str, args)]
 
 
 def one_line_error(code: int, err: str, *names: str, exit_code: int = 1) -> str:
@@ -124,14 +124,9 @@ def coco_root(fixtures_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
-    """IN-S train and val shards of the demo data (`spa-data build` + `labels`)."""
-    out = tmp_path_factory.mktemp("safety-in-s")
-    for split in ("train", "val"):
-        cli.data.main(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
-                       "--out", str(out / split)])
-        write_shards(out / split, progress=False)
-    return {"train": out / "train", "val": out / "val", "root": demo_root / "tiny-imagenet-200"}
+def in_s(demo_shards) -> dict[str, Path]:
+    """IN-S train and val subsets of the demo data with their shards (shared: copy to change)."""
+    return {split: demo_shards("in-s", split) for split in ("train", "val")}
 
 
 @pytest.fixture()
@@ -292,7 +287,7 @@ def one_thread():
 
 def test_5_6_13_sigterm_to_the_group_saves_and_resume_is_exact_with_workers(capsys, in_s, tmp_path, one_thread):
     straight, run = tmp_path / "straight", tmp_path / "run"
-    assert run_cli(cli.train.main, capsys, *_train_args(in_s, straight))[0] == 0
+    assert run_cli(spa_cli.train.main, capsys, *_train_args(in_s, straight))[0] == 0
     proc = subprocess.Popen(command("train", *_train_args(in_s, run, "log_interval=1")), env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(lambda: (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text(), 120, "a first step")
@@ -304,7 +299,7 @@ def test_5_6_13_sigterm_to_the_group_saves_and_resume_is_exact_with_workers(caps
     step = load_checkpoint(run / "last.pt")["position"]["step"]
     assert 1 <= step < 9
 
-    code, out, err = run_cli(cli.train.main, capsys, "--resume", run)
+    code, out, err = run_cli(spa_cli.train.main, capsys, "--resume", run)
     assert code == 0 and f"resuming {run / 'last.pt'} at step {step}" in out + err, err
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
     assert a["position"] == b["position"] == {"epoch": 1, "step": 9, "consumed": 2}
@@ -317,10 +312,10 @@ def test_5_6_13_sigterm_to_the_group_saves_and_resume_is_exact_with_workers(caps
     assert b["best"] == best == load_checkpoint(run / "best.pt")["best"]
 
     # 13: a finished run says so; an older checkpoint never rewinds the run
-    code, out, err = run_cli(cli.train.main, capsys, "--resume", run)
+    code, out, err = run_cli(spa_cli.train.main, capsys, "--resume", run)
     assert code == 0 and "this run is finished (step 9" in out + err, err
     metrics, last = (run / "metrics.jsonl").read_bytes(), (run / "last.pt").read_bytes()
-    code, _, err = run_cli(cli.train.main, capsys, "--resume", run / "best.pt")
+    code, _, err = run_cli(spa_cli.train.main, capsys, "--resume", run / "best.pt")
     one_line_error(code, err, "best.pt", "would overwrite that run's last.pt")
     assert (run / "metrics.jsonl").read_bytes() == metrics and (run / "last.pt").read_bytes() == last
 
@@ -368,7 +363,7 @@ def test_6_12_last_checkpoint_has_its_epochs_best_and_eval_names_no_missing_opti
     assert state["best"] == row["val/top1"]
     state["config"]["task"] = "multilabel"
     torch.save(state, tmp_path / "other-task.pt")
-    code, _, err = run_cli(cli.train.main, capsys, "eval", "--checkpoint", tmp_path / "other-task.pt", "--shards",
+    code, _, err = run_cli(spa_cli.train.main, capsys, "eval", "--checkpoint", tmp_path / "other-task.pt", "--shards",
                            in_s["val"], "--num-workers", 0)
     line = one_line_error(code, err, "shards are for task 'cls', not 'multilabel'")
     assert "--task" not in line
@@ -494,7 +489,7 @@ def test_11_full_disk_ends_in_one_line_and_leaves_no_partial_file(capsys, coco_r
 
     disk = small_disk(1024 * 1024)                      # config and metrics fit, a checkpoint does not
     run = disk / "run"
-    code, _, err = run_cli(cli.train.main, capsys, "--shards", in_s["train"], "--task", "cls", "--model", "spt_tiny",
+    code, _, err = run_cli(spa_cli.train.main, capsys, "--shards", in_s["train"], "--task", "cls", "--model", "spt_tiny",
                        "--out", run, TINY, "batch_size=8", "max_steps=1", "num_workers=0", "progress=false",
                        "curves=false")
     one_line_error(code, err, str(run / "last.pt"), "disk full")
@@ -541,11 +536,11 @@ def test_12_bad_dataset_files_are_one_clear_line(capsys, fixtures_dir, tmp_path,
 
 
 def test_12_bad_options_are_one_line(capsys, in_s):
-    code, _, err = run_cli(cli.train.main, capsys, "--shards", in_s["train"], "lr=-1")
+    code, _, err = run_cli(spa_cli.train.main, capsys, "--shards", in_s["train"], "lr=-1")
     one_line_error(code, err, "lr must be a finite number in (0, inf), got -1")
     code, _, err = spa_data(capsys, "verify", in_s["train"], "--sample", -1)
     one_line_error(code, err, "--sample -1")
-    code, _, err = run_cli(cli.train.main, capsys, "eval", "--checkpoint", in_s["train"] / "none.pt", "--shards",
+    code, _, err = run_cli(spa_cli.train.main, capsys, "eval", "--checkpoint", in_s["train"] / "none.pt", "--shards",
                        in_s["val"], "--batch-size", 0)
     one_line_error(code, err, "--batch-size 0")
 
@@ -555,7 +550,7 @@ def test_12_a_truncated_shard_met_in_training_is_one_line(capsys, in_s, tmp_path
     shutil.copytree(in_s["train"], subset)
     shard = subset / "shards" / "shard-00000.h5"
     shard.write_bytes(shard.read_bytes()[:4096])
-    code, _, err = run_cli(cli.train.main, capsys, "--shards", subset, "--task", "cls", "--model", "spt_tiny",
+    code, _, err = run_cli(spa_cli.train.main, capsys, "--shards", subset, "--task", "cls", "--model", "spt_tiny",
                        "--out", tmp_path / "run", TINY, "batch_size=8", "max_steps=1", "num_workers=2",
                        "progress=false", "curves=false")
     one_line_error(code, err, str(shard), "not a readable HDF5 shard")

@@ -16,21 +16,19 @@ import numpy as np
 import pytest
 
 import spa_data.shards as shards
-from cli.data import main as spa_data_main
-from spa_data.errors import SpaError
+from spa_cli.data import main as spa_data_main
+from spa_common.errors import SpaError
+from spa_common.hashing import sha256_file
 from spa_data.loader import ShardDataset
 from spa_data.shards import load_index, shard_stats, verify_shards, write_shards
 
-DEMO_SOURCES = {"coco-s": "coco", "in-s": "tiny-imagenet-200", "voc-s": "VOCdevkit/VOC2012", "bdd-s": "bdd100k"}
+RECIPES = ("coco-s", "in-s", "voc-s", "bdd-s")
 
 
 @pytest.fixture(scope="module")
-def subsets(demo_root, tmp_path_factory) -> dict[str, Path]:
-    """`spa-data build` outputs of the demo datasets (val split)."""
-    out = tmp_path_factory.mktemp("subsets")
-    for name, source in DEMO_SOURCES.items():
-        spa_data_main(["build", name, "--root", str(demo_root / source), "--split", "val", "--out", str(out / name)])
-    return {name: out / name for name in DEMO_SOURCES}
+def subsets(demo_subset) -> dict[str, Path]:
+    """`spa-data build` outputs of the demo datasets (val split), without shards (shared: copy to change)."""
+    return {name: demo_subset(name) for name in RECIPES}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -55,17 +53,14 @@ def copy_subset(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def labelled(subsets, tmp_path_factory) -> dict[str, Path]:
-    """Shard directories of every demo subset, 3 samples per shard."""
-    out = {}
-    for name, subset in subsets.items():
-        out[name] = tmp_path_factory.mktemp(name) / "shards"
-        write_shards(subset, out[name], shard_size=3, progress=False)
-    return out
+def labelled(demo_shards) -> dict[str, Path]:
+    """The demo subsets with their shards (3 samples per shard) in ``shards/`` (shared: copy to change)."""
+    return {name: demo_shards(name, "val", "--shard-size", "3") for name in RECIPES}
 
 
 def test_index_lists_every_shard_with_count_and_sha256(labelled, subsets):
-    for name, shard_dir in labelled.items():
+    for name, subset in labelled.items():
+        shard_dir = subset / "shards"
         index = json.loads((shard_dir / "index.json").read_text())
         manifest = (subsets[name] / "manifest.jsonl").read_text().splitlines()
         assert index["num_samples"] == len(manifest) == sum(e["num_samples"] for e in index["shards"])
@@ -119,7 +114,7 @@ def test_resume_after_sigkill_gives_identical_bytes(subsets, tmp_path):
     reference = tmp_path / "reference"
     write_shards(subset, reference, shard_size=1, progress=False)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", "from cli.data import main; main()", "labels", str(subset),
+    proc = subprocess.Popen([sys.executable, "-c", "from spa_cli.data import main; main()", "labels", str(subset),
                              "--shard-size", "1", "--out", str(out)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(out.glob("shard-*.h5"))) < 3 and proc.poll() is None:
@@ -127,7 +122,7 @@ def test_resume_after_sigkill_gives_identical_bytes(subsets, tmp_path):
     proc.kill()
     proc.wait()
     (out / "shard-00029.h5").write_bytes(b"\x89HDF\r\n")   # a truncated file under a final name is redone too
-    rerun = subprocess.run([sys.executable, "-c", "from cli.data import main; main()", "labels", str(subset),
+    rerun = subprocess.run([sys.executable, "-c", "from spa_cli.data import main; main()", "labels", str(subset),
                             "--shard-size", "1", "--out", str(out)], capture_output=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert tree_bytes(out) == tree_bytes(reference)
@@ -148,10 +143,10 @@ def test_verify_passes_and_rederives(labelled):
         assert report["rederived"] >= 1
 
 
-def _damaged_copy(shard_dir: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "damaged"
-    shutil.copytree(shard_dir, out)
-    return out
+def _damaged_copy(subset: Path, tmp_path: Path) -> Path:
+    """The shard directory of a copy of ``subset`` (verify re-derives labels from the subset beside it)."""
+    shutil.copytree(subset, tmp_path / "damaged")
+    return tmp_path / "damaged" / "shards"
 
 
 def test_verify_catches_a_flipped_byte(labelled, tmp_path):
@@ -172,7 +167,7 @@ def test_verify_catches_labels_that_disagree_with_annotations(labelled, tmp_path
     with h5py.File(shard, "r+") as f:
         f["select/8"][0] ^= 1
     index = json.loads((out / "index.json").read_text())
-    index["shards"][0]["sha256"] = shards.file_sha256(shard)   # checksums consistent: only labels are wrong
+    index["shards"][0]["sha256"] = sha256_file(shard)   # checksums consistent: only labels are wrong
     (out / "index.json").write_text(json.dumps(index))
     with pytest.raises(SpaError, match="stride-8 selection labels differ from a re-derivation"):
         verify_shards(out, sample=len(ShardDataset(out)))
@@ -249,12 +244,11 @@ def test_show_and_stats_commands(labelled, tmp_path):
     assert set(json.loads((tmp_path / "stats.json").read_text())["positive_ratio_canvas"]) == {"8", "16", "32"}
 
 
-def test_load_index_accepts_subset_dir_shard_dir_and_index(labelled, subsets, tmp_path):
-    write_shards(subsets["bdd-s"], progress=False)
-    for path in (subsets["bdd-s"], subsets["bdd-s"] / "shards", subsets["bdd-s"] / "shards" / "index.json"):
-        assert load_index(path)[0] == subsets["bdd-s"] / "shards"
-    np.testing.assert_array_equal(ShardDataset(subsets["bdd-s"])[0]["image"],
-                                  ShardDataset(labelled["bdd-s"])[0]["image"])
+def test_load_index_accepts_subset_dir_shard_dir_and_index(labelled):
+    subset = labelled["bdd-s"]
+    for path in (subset, subset / "shards", subset / "shards" / "index.json"):
+        assert load_index(path)[0] == subset / "shards"
+    np.testing.assert_array_equal(ShardDataset(subset)[0]["image"], ShardDataset(subset / "shards")[0]["image"])
 
 
 def test_worker_processes_write_the_same_bytes(subsets, tmp_path):

@@ -57,7 +57,7 @@ def test_boxes_carry_their_class_names_and_the_legend_names_every_mark(coco_s_de
 
 
 def test_show_command_draws_the_picked_samples(coco_s_demo, tmp_path, capsys):
-    from cli.data import main
+    from spa_cli.data import main
 
     ds = ShardDataset(coco_s_demo, masks=False)
     png = tmp_path / "show.png"

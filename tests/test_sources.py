@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.ratio import object_pixel_ratio
 from spa_data.sources import SOURCES, BddSource, CocoSource, TinyImageNetSource, VocSource, open_source
 

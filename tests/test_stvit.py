@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import spa_model
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_model import FeatureOutput
 from spa_model.layers import WindowGrid
 from spa_model.stvit import SemanticGrid
@@ -396,26 +396,18 @@ def test_bad_options_are_one_clear_error():
 TRAIN_TINY = "model_args={embed_dim: 8, depths: [1, 1, 6, 1], num_heads: [1, 1, 2, 2], drop_path_rate: 0.0}"
 
 
-@pytest.fixture(scope="module")
-def demo_shards(demo_root, tmp_path_factory):
-    from test_train import build_shards
-
-    out = tmp_path_factory.mktemp("stvit_shards")
-    return lambda name: build_shards(demo_root, out, name)
-
-
-@pytest.mark.parametrize("name, task, metric, extra", [
-    ("in-s-train", "cls", "top1", []),
-    ("voc-s-train", "multilabel", "mAP", []),
-    ("coco-s-val", "det", "bbox_AP", []),
-])
-def test_spa_train_trains_and_evaluates_every_task(demo_shards, tmp_path, name, task, metric, extra):
+@pytest.mark.parametrize("data, task, metric, extra", [
+    (("in-s", "train"), "cls", "top1", []),
+    (("voc-s", "train", "--size", "96,96"), "multilabel", "mAP", []),
+    (("coco-s", "val", "--size", "96,64"), "det", "bbox_AP", []),
+], ids=["in-s", "voc-s", "coco-s"])
+def test_spa_train_trains_and_evaluates_every_task(demo_shards, tmp_path, data, task, metric, extra):
     from test_train import SMALL_DETECTOR
 
     from spa_train.config import resolve_config
     from spa_train.engine import train
 
-    shards = str(demo_shards(name))
+    shards = str(demo_shards(*data))
     detector = SMALL_DETECTOR if task == "det" else []
     config = resolve_config(None, [TRAIN_TINY, "batch_size=4", "epochs=1", "max_steps=2", "num_workers=0",
                                    "eval_batch_size=32", "log_interval=1", "warmup_steps=1", "progress=false", "curves=false",
@@ -430,7 +422,7 @@ def test_spa_train_trains_and_evaluates_every_task(demo_shards, tmp_path, name, 
 
 def test_a_short_training_on_the_in_s_fixture_learns(fixtures_dir, tmp_path):
     """The real Tiny ImageNet sample (two classes) through spa-data build / labels, then a fixed batch."""
-    from cli.data import main as spa_data
+    from spa_cli.data import main as spa_data
     from spa_data.loader import make_loader
     from spa_train.config import resolve_config
     from spa_train.engine import open_shards, training_loss

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import spa_model
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))

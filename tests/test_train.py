@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.data import main as spa_data
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.loader import make_loader
 from spa_train.checkpoint import load_checkpoint, save_checkpoint
 from spa_train.config import resolve_config
@@ -31,43 +30,22 @@ SMALL_DETECTOR = ["fpn_channels=16", "mask_head_channels=8",
                   "detector_args={rpn_batch_size_per_image: 32, box_batch_size_per_image: 16, "
                   "rpn_pre_nms_top_n_train: 100, rpn_post_nms_top_n_train: 50, rpn_pre_nms_top_n_test: 50, "
                   "rpn_post_nms_top_n_test: 25, box_detections_per_img: 10}"]
-SUBSETS = {  # name: (subset recipe, demo dataset folder, split, labels --size)
-    "in-s-train": ("in-s", "tiny-imagenet-200", "train", None),
-    "voc-s-train": ("voc-s", "VOCdevkit/VOC2012", "train", "96,96"),
-    "coco-s-val": ("coco-s", "coco", "val", "96,64"),
-    "bdd-s-val": ("bdd-s", "bdd100k", "val", "96,64"),
-}
+SMALL = ("--size", "96,64")   # detection shards at a size the CPU tests train on
 
 
-def build_shards(demo_root: Path, out: Path, name: str) -> Path:
-    """``spa-data build`` then ``spa-data labels``, as a user would."""
-    recipe, folder, split, size = SUBSETS[name]
-    subset = out / name
-    if not (subset / "shards" / "index.json").is_file():
-        spa_data(["build", recipe, "--root", str(demo_root / folder), "--split", split, "--out", str(subset)])
-        spa_data(["labels", str(subset), *(["--size", size] if size else [])])
-    return subset / "shards"
-
-
-@pytest.fixture(scope="module")
-def shards(demo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    return lambda name: build_shards(demo_root, out, name)
-
-
-@pytest.mark.parametrize("name, task, extra", [
-    ("in-s-train", "cls", []),
-    ("voc-s-train", "multilabel", []),
-    ("coco-s-val", "det", SMALL_DETECTOR),      # masks: Mask R-CNN
-    ("bdd-s-val", "det", [*SMALL_DETECTOR, "masks=false"]),       # boxes only: Faster R-CNN
-])
-def test_loss_is_finite_and_falls_on_a_fixed_batch(shards, name, task, extra):
+@pytest.mark.parametrize("data, task, extra", [
+    (("in-s", "train"), "cls", []),
+    (("voc-s", "train", "--size", "96,96"), "multilabel", []),
+    (("coco-s", "val", *SMALL), "det", SMALL_DETECTOR),      # masks: Mask R-CNN
+    (("bdd-s", "val", *SMALL), "det", [*SMALL_DETECTOR, "masks=false"]),       # boxes only: Faster R-CNN
+], ids=["in-s", "voc-s", "coco-s", "bdd-s"])
+def test_loss_is_finite_and_falls_on_a_fixed_batch(demo_shards, data, task, extra):
     torch.manual_seed(0)
-    config = resolve_config(None, [TINY.replace("0.1", "0.0"), *extra], task=task, shards=str(shards(name)))
+    config = resolve_config(None, [TINY.replace("0.1", "0.0"), *extra], task=task, shards=str(demo_shards(*data)))
     dataset = open_shards(config.shards, config, train=False)
     model = build_task_model(config, dataset)
     if task == "det":
-        assert model.detector.roi_heads.has_mask() == (name == "coco-s-val")
+        assert model.detector.roi_heads.has_mask() == (data[0] == "coco-s")
     batch = next(iter(make_loader(dataset, batch_size=4)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
@@ -88,8 +66,8 @@ def _config(shards_dir: Path, out: Path, *extra: str):
                           shards=str(shards_dir), out=str(out))
 
 
-def test_resume_is_exact_and_a_nonfinite_loss_keeps_the_last_good_checkpoint(shards, tmp_path):
-    data = shards("in-s-train")
+def test_resume_is_exact_and_a_nonfinite_loss_keeps_the_last_good_checkpoint(demo_shards, tmp_path):
+    data = demo_shards("in-s", "train")
     train(_config(data, tmp_path / "straight", "max_steps=3"))
 
     train(_config(data, tmp_path / "split", "max_steps=1"))      # stops mid-epoch, saves last.pt
@@ -120,7 +98,7 @@ def test_resume_is_exact_and_a_nonfinite_loss_keeps_the_last_good_checkpoint(sha
 
 
 def _cli(device: str = "device=cpu") -> list[str]:
-    return ["-m", "cli.train", "--task", "cls", "--model", "spt_tiny", TINY.replace("0.1", "0.0"),
+    return ["-m", "spa_cli.train", "--task", "cls", "--model", "spt_tiny", TINY.replace("0.1", "0.0"),
             "batch_size=8", "epochs=1", "num_workers=0", "warmup_steps=1", "progress=false", device]
 
 
@@ -147,19 +125,19 @@ def _one_vs_two_processes(shards_dir: Path, tmp_path: Path, *, device: str, tole
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_follow_one_process_with_the_same_global_batch(shards, tmp_path):
-    _one_vs_two_processes(shards("in-s-train"), tmp_path, device="cpu", tolerance=1e-4)
+def test_two_gloo_processes_follow_one_process_with_the_same_global_batch(demo_shards, tmp_path):
+    _one_vs_two_processes(demo_shards("in-s", "train"), tmp_path, device="cpu", tolerance=1e-4)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
-def test_two_gpus_follow_one_gpu_with_the_same_global_batch(shards, tmp_path):
-    _one_vs_two_processes(shards("in-s-train"), tmp_path, device="cuda", tolerance=2e-3)  # TF32 matmuls
+def test_two_gpus_follow_one_gpu_with_the_same_global_batch(demo_shards, tmp_path):
+    _one_vs_two_processes(demo_shards("in-s", "train"), tmp_path, device="cuda", tolerance=2e-3)  # TF32 matmuls
 
 
 @pytest.mark.gpu
-def test_bf16_training_on_cuda(shards, tmp_path):
-    row = train(_config(shards("in-s-train"), tmp_path / "run", "max_steps=3", "device=cuda", "amp=bf16"))
+def test_bf16_training_on_cuda(demo_shards, tmp_path):
+    row = train(_config(demo_shards("in-s", "train"), tmp_path / "run", "max_steps=3", "device=cuda", "amp=bf16"))
     assert row["step"] == 3 and row["peak_mem_mb"] > 0
     losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"kind": "step"' in l]
@@ -176,11 +154,11 @@ def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
 
 
-def test_gradient_accumulation_matches_one_big_batch(shards, tmp_path):
+def test_gradient_accumulation_matches_one_big_batch(demo_shards, tmp_path):
     # oracle selector, no flips, no drop-path: the two runs see the same images and no noise
     common = ["max_steps=2", "selector=gt", "hflip=0.0", "batch_size=8", TINY.replace("0.1", "0.0")]
-    train(_config(shards("in-s-train"), tmp_path / "big", *common))
-    train(_config(shards("in-s-train"), tmp_path / "accum", *common, "grad_accum_steps=2"))
+    train(_config(demo_shards("in-s", "train"), tmp_path / "big", *common))
+    train(_config(demo_shards("in-s", "train"), tmp_path / "accum", *common, "grad_accum_steps=2"))
     big = load_checkpoint(tmp_path / "big" / "last.pt")["model"]
     accum = load_checkpoint(tmp_path / "accum" / "last.pt")["model"]
     assert max((big[k] - accum[k]).abs().max().item() for k in big) < 1e-5
@@ -191,12 +169,13 @@ def test_gradient_accumulation_matches_one_big_batch(shards, tmp_path):
 
 
 @pytest.mark.parametrize("capacity, warned", [("exact", True), (None, False), ("0.5", False)])
-def test_compile_with_a_data_dependent_capacity_says_so(shards, tmp_path, capsys, capacity, warned):
+def test_compile_with_a_data_dependent_capacity_says_so(demo_shards, tmp_path, capsys, capacity, warned):
     """compile=true and the exact (host-synced) capacity: one line saying so; the default is static."""
     from spa_train.engine import Trainer
 
     model_args = TINY if capacity is None else TINY.replace("}", f", capacity: {capacity}}}")
     config = resolve_config(None, [model_args, "batch_size=4", "num_workers=0", "compile=true", "progress=false"],
-                            task="cls", model="spt_tiny", shards=str(shards("in-s-train")), out=str(tmp_path / "run"))
+                            task="cls", model="spt_tiny", shards=str(demo_shards("in-s", "train")),
+                            out=str(tmp_path / "run"))
     Trainer(config)  # torch.compile is lazy: nothing compiles before the first step
     assert ("capacity 'auto' is static" in capsys.readouterr().out) == warned

@@ -10,23 +10,18 @@ import pytest
 import torch
 import yaml
 
-from cli.data import main as spa_data
-from cli.train import main as spa_train
+from spa_cli.train import main as spa_train
 from spa_train.config import TrainConfig, resolve_config
 
 TINY = "model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2]}"
 
 
 @pytest.fixture(scope="module")
-def in_s(demo_root, tmp_path_factory) -> dict[str, Path]:
-    """IN-S train and val shards made with `spa-data build` and `spa-data labels`."""
-    out = tmp_path_factory.mktemp("in-s")
-    for split in ("train", "val"):
-        spa_data(["build", "in-s", "--root", str(demo_root / "tiny-imagenet-200"), "--split", split,
-                  "--out", str(out / split)])
-        spa_data(["labels", str(out / split)])
-    spa_data(["labels", str(out / "train"), "--scales", "16,32", "--out", str(out / "train-16-32")])
-    return {"train": out / "train", "val": out / "val", "train-16-32": out / "train-16-32"}
+def in_s(demo_shards) -> dict[str, Path]:
+    """IN-S train and val subsets of the demo data with their shards (shared: copy to change), and the
+    train subset labelled at strides 16 and 32 only."""
+    return {"train": demo_shards("in-s", "train"), "val": demo_shards("in-s", "val"),
+            "train-16-32": demo_shards("in-s", "train", "--scales", "16,32")}
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
@@ -143,6 +138,7 @@ BAD = {
     "missing resume": (lambda d, t: ["--resume", str(t / "run-that-never-was")], "checkpoint not found"),
     "occupied run dir": (lambda d, t: ["--shards", str(d["train"]), "--out", str(_occupied(t))],
                          "already holds a run (last.pt); continue it with --resume"),
+    "no shards": (lambda d, t: ["--task", "cls", "--out", str(t / "r")], "no training shards given (set --shards)"),
 }
 
 
@@ -164,7 +160,7 @@ def test_bad_input_is_one_line_and_exit_1(capsys, in_s, tmp_path, case):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
 def test_asking_for_a_missing_gpu(capsys, in_s):
     code, _, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--device", "cuda"])
-    assert code == 1 and err == "error: --device cuda: no CUDA device is available " \
+    assert code == 1 and err == "error: device cuda: no CUDA device is available " \
                                 "(torch.cuda.is_available() is False)\n"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.records import ImageRecord
 from spa_data.sources.bdd import BddSource
 from spa_data.sources.coco import CocoSource

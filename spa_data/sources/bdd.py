@@ -44,10 +44,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_common.jsonio import read_json
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
 from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_image_size, check_missing_images, clip_box,
-                                     count_reasons, encode_masks, image_size, load_json, polygons_to_rles)
+                                     count_reasons, encode_masks, image_size, polygons_to_rles)
 
 BDD_CLASSES = ("pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
                "traffic light", "traffic sign")
@@ -111,7 +112,7 @@ class BddSource:
         path = self.labels_file
         if path.is_dir():
             return self._bitmask_items(path)
-        data = load_json(path)
+        data = read_json(path, "annotation file")
         frames = data.get("frames") if isinstance(data, dict) else data
         if not isinstance(frames, list):
             raise SpaError(f"{path}: expected a list of frames or {{\"frames\": [...]}}")

@@ -26,10 +26,11 @@ from typing import Any, Optional
 
 from pycocotools import mask as mask_utils
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
+from spa_common.jsonio import read_json
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
 from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_image_id, check_image_size, check_missing_images,
-                                     clip_box, count_reasons, load_json, polygons_to_rles, require_dir, rle_to_json)
+                                     clip_box, count_reasons, polygons_to_rles, require_dir, rle_to_json)
 
 ANNOTATION_KINDS = ("instances", "person_keypoints")
 
@@ -73,7 +74,7 @@ class CocoSource:
 
     def items(self) -> list[CocoItem]:
         path = self.annotation_file
-        data = load_json(path)
+        data = read_json(path, "annotation file")
         if not isinstance(data, dict):
             raise SpaError(f"{path}: not a COCO annotation file (the top level is a JSON {type(data).__name__}, "
                            "not an object with images, annotations and categories)")

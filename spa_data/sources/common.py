@@ -1,4 +1,4 @@
-"""Helpers shared by the dataset readers: JSON loading, box clipping, mask encoding.
+"""Helpers shared by the dataset readers: box clipping, mask encoding, size and id checks.
 
 Everything here is a pure function so that ``Source.to_record`` can run in worker
 processes. Degenerate objects are never dropped silently: the helpers return a
@@ -6,7 +6,6 @@ reason string that the readers count into ``ImageRecord.skipped``.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -14,13 +13,9 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-try:  # 3-4x faster than the stdlib parser on COCO train2017 (a 450 MB file); optional
-    import orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    orjson = None
 from pycocotools import mask as mask_utils
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.records import Box
 
 # Reasons counted in ImageRecord.skipped. "box_clipped" objects are KEPT (with the
@@ -32,31 +27,6 @@ POLYGON_UNDER_3_POINTS = "polygon_part_under_3_points"
 
 MISSING_IMAGE_POLICIES = ("error", "skip", "keep")
 MAX_SIDE = 65535        # the largest JPEG side; also keeps h * w within pycocotools' 32-bit run lengths
-
-
-def load_json(path: Path) -> Any:
-    """Parse a JSON file; a missing or malformed file is a one-line SpaError.
-
-    Uses orjson when installed. Whatever orjson rejects (a syntax error, but also what
-    the stdlib accepts: NaN, Infinity, a BOM, lone surrogates) is parsed again by the
-    stdlib, so the result and the error message are the stdlib's. One known difference
-    remains: orjson reads an integer beyond 64 bits as a float (no annotation format
-    here has ids or sizes near 2**63; finding such digits first would cost seconds).
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise SpaError(f"{path}: annotation file not found") from None
-    if orjson is not None:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpaError(f"{path}: malformed JSON ({e})") from None
 
 
 def check_image_size(width: Any, height: Any, where: str) -> tuple[int, int]:

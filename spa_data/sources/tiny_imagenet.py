@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
 from spa_data.sources.common import check_missing_images, clip_box, count_reasons, image_size, require_dir
 

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.records import ImageRecord, ObjectRecord, sort_key
 from spa_data.sources.common import (check_image_size, check_missing_images, clip_box, count_reasons, encode_masks,
                                      image_size)

@@ -1,7 +1,8 @@
-"""File-system steps every stage shares so that no stop loses or hides data (docs/design.md, "Data safety").
+"""File-system steps every package shares so that no stop loses or hides data (docs/design.md, "Data safety").
 
 - ``atomic_open`` / ``atomic_write``: a file appears whole or not at all (temporary name,
-  fsync, rename; the temporary is removed on any error or signal).
+  fsync, rename; the temporary is removed on any error or signal). Every file spa writes
+  outside a staged directory goes through them.
 - ``staged_dir``: the same for a directory of outputs; an existing directory is replaced only
   when ``owned`` proves it an earlier output of the same tool.
 - ``check_apart``: an output never equals, contains or lies inside the data it is made from.
@@ -13,13 +14,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Optional
 
-from spa_data.errors import SpaError
+from spa_common.errors import ParamError, SpaError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -41,7 +43,7 @@ def atomic_open(path: Path, mode: str = "wb", *, kept: str = "the previous file,
     a full disk raises SpaError naming ``path`` and ``kept``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, mode, **open_args) as f:
             yield f
@@ -59,6 +61,16 @@ def atomic_open(path: Path, mode: str = "wb", *, kept: str = "the previous file,
 def atomic_write(path: Path, data: bytes, **kwargs) -> None:
     with atomic_open(path, "wb", **kwargs) as f:
         f.write(data)
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``atomic_open`` writes ``path`` before the rename: a hidden sibling named for this process."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named as an ``atomic_open`` temporary (of this process or of a killed one)."""
+    return re.fullmatch(r"\..+\.tmp-\d+", Path(path).name) is not None
 
 
 def remove_quietly(path: Path) -> None:
@@ -99,7 +111,7 @@ def staged_dir(out: Path, *, overwrite: bool, owned: Callable[[Path], Optional[s
         if reason is not None:
             raise SpaError(f"{out}: not empty and {reason}; refusing to replace it (choose a new or empty directory)")
         if not overwrite:
-            raise SpaError(f"{out}: output directory is not empty (pass --overwrite to replace it)")
+            raise ParamError(f"{out}: output directory is not empty (pass {{overwrite}} to replace it)", "overwrite")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     _remove_stale(out)
     try:
