@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import spa_model
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_model.models import SpaBlock, SpaConfig
 from spa_model.selection import SELECTORS
 from spa_train.config import TrainConfig, resolve_config

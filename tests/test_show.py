@@ -5,7 +5,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from spa_data.errors import SpaError
+from spa_common.errors import SpaError
 from spa_data.loader import ShardDataset
 from spa_data.visualize import draw_samples, overlay, pick_samples
 
