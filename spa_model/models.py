@@ -35,7 +35,6 @@ Decisions (docs/design.md gives the reasons at more length):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 

@@ -10,7 +10,7 @@ import torch
 
 import spa_model
 from spa_common.errors import SpaError
-from spa_model.models import SpaBlock, SpaConfig
+from spa_model.models import SpaConfig
 from spa_model.selection import SELECTORS
 from spa_train.config import TrainConfig, resolve_config
 from spa_train.engine import check_label_strides

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode

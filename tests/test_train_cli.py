@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from spa_cli.train import main as spa_train
 from spa_train.config import TrainConfig, resolve_config
 
 TINY = "model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2]}"
@@ -24,19 +23,9 @@ def in_s(demo_shards) -> dict[str, Path]:
             "train-16-32": demo_shards("in-s", "train", "--scales", "16,32")}
 
 
-def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
-    try:
-        spa_train(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_train_then_eval_end_to_end(capsys, in_s, tmp_path):
+def test_train_then_eval_end_to_end(spa_train_cli, in_s, tmp_path):
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--val-shards", str(in_s["val"]),
+    code, out, err = spa_train_cli(["--shards", str(in_s["train"]), "--val-shards", str(in_s["val"]),
                                       "--task", "cls", "--model", "spt_tiny", "--out", str(run), TINY,
                                       "batch_size=9", "epochs=1", "max_steps=3", "num_workers=0", "progress=false",
                                       "log_interval=2"])
@@ -73,7 +62,7 @@ def test_train_then_eval_end_to_end(capsys, in_s, tmp_path):
                                           "progress=false", "log_interval=2"], shards=str(in_s["train"]), val_shards=str(in_s["val"]),
                                    task="cls", model="spt_tiny", out=str(run))
 
-    code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(run / "best.pt"), "--shards", str(in_s["val"]),
+    code, out, err = spa_train_cli(["eval", "--checkpoint", str(run / "best.pt"), "--shards", str(in_s["val"]),
                                       "--num-workers", "0", "--json", str(tmp_path / "eval.json")])
     assert code == 0, err
     result = json.loads((tmp_path / "eval.json").read_text())
@@ -81,8 +70,8 @@ def test_train_then_eval_end_to_end(capsys, in_s, tmp_path):
     assert result["val/top1"] == pytest.approx(epoch["val/top1"])   # same weights, same images
 
 
-def test_bench_reports_throughput_and_macs(capsys, tmp_path):
-    code, out, err = run_cli(capsys, ["bench", "--model", "swin_tiny", "--size", "64", "64", "--batch", "2",
+def test_bench_reports_throughput_and_macs(spa_train_cli, tmp_path):
+    code, out, err = spa_train_cli(["bench", "--model", "swin_tiny", "--size", "64", "64", "--batch", "2",
                                       "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json"),
                                       "embed_dim=8", "depths=[1, 1, 2, 2]", "num_heads=[1, 1, 2, 2]"])
     assert code == 0, err
@@ -149,23 +138,23 @@ def _occupied(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_one_line_and_exit_1(capsys, in_s, tmp_path, case):
+def test_bad_input_is_one_line_and_exit_1(spa_train_cli, in_s, tmp_path, case):
     make_args, message = BAD[case]
-    code, out, err = run_cli(capsys, make_args(in_s, tmp_path))
+    code, out, err = spa_train_cli(make_args(in_s, tmp_path))
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert "Traceback" not in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
-def test_asking_for_a_missing_gpu(capsys, in_s):
-    code, _, err = run_cli(capsys, ["--shards", str(in_s["train"]), "--device", "cuda"])
+def test_asking_for_a_missing_gpu(spa_train_cli, in_s):
+    code, _, err = spa_train_cli(["--shards", str(in_s["train"]), "--device", "cuda"])
     assert code == 1 and err == "error: device cuda: no CUDA device is available " \
                                 "(torch.cuda.is_available() is False)\n"
 
 
-def test_help_lists_every_config_key_with_a_default_that_reads_back(capsys):
-    code, out, _ = run_cli(capsys, ["--help"])
+def test_help_lists_every_config_key_with_a_default_that_reads_back(spa_train_cli):
+    code, out, _ = spa_train_cli(["--help"])
     assert code == 0
     listed = dict(re.findall(r"^    (\w+)=(\S*)", out, re.M))
     assert list(listed) == [f.name for f in dataclasses.fields(TrainConfig)]
@@ -174,4 +163,4 @@ def test_help_lists_every_config_key_with_a_default_that_reads_back(capsys):
     assert 'log_interval=10 steps between "step" rows in metrics.jsonl (and lines on stdout where no progress bar ' \
            'shows) eval_interval=1' in " ".join(out.split())   # the comment, wrapped under its key
     assert "\n  bookkeeping\n" in out
-    assert run_cli(capsys, ["train", "--help"])[1].endswith(out[out.index("Config keys"):])
+    assert spa_train_cli(["train", "--help"])[1].endswith(out[out.index("Config keys"):])
