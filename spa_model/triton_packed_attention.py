@@ -138,9 +138,8 @@ def _backward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
 
 
 # Launch shape per pass: warps per program and heads per program (the largest divisor of the head
-# count up to it). Chosen from benchmarks/bench_packed_attention.py --sweep on an H200 (Swin-T
-# stage 3, 1280x800, batch 8, bf16): forward 2 warps x 1 head was fastest (0.072 ms vs 0.26 ms
-# with 4 warps at 25% selection); backward 8 warps x 6 heads (about 0.18 ms vs 0.25 ms for 1 head).
+# count up to it), chosen by benchmarks/bench_packed_attention.py --sweep (figures in
+# benchmarks/README.md, "Kernel launch shapes").
 LAUNCH = {"forward": dict(num_warps=2, heads=1), "backward": dict(num_warps=8, heads=6)}
 
 
