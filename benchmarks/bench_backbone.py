@@ -39,7 +39,7 @@ import spa_model
 from spa_common.io import atomic_write
 from spa_train.bench import labels_from_masks, scattered_objects, settle_budgets
 
-SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # --quick
+SMALL = dict(embed_dim=16, depths=(1, 1, 6, 1), num_heads=(1, 2, 4, 8))  # --quick (STViT-R needs 6 blocks in stage 3)
 STRIDES = tuple(2 ** k for k in range(2, 7))  # every label stride a model may read (each reads its contract().label_strides)
 
 

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spa_common.io import atomic_write
-from spa_model.packed_attention import pack_rows, packed_attention, select_pack_attention, unpack_rows
+from spa_model.packed_attention import (packed_attention, scatter_add_rows, select_pack_attention, slot_rows,
+                                        token_positions)
 from spa_model.packing import plan_packing
+from spa_train.bench import labels_from_masks, scattered_objects
 
 
 def _window_setup(height: int, width: int, window: int, shift: int, device):
@@ -47,6 +49,22 @@ def _window_setup(height: int, width: int, window: int, shift: int, device):
     grid = torch.stack([rows, cols, row_region * 3 + col_region], -1)
     grid = grid.view(height // window, window, width // window, window, 3).transpose(1, 2).reshape(-1, 3)
     return grid[:, :2].contiguous().to(device), grid[:, 2].contiguous().to(device)
+
+
+def _selection(kind: str, batch: int, real: tuple[int, int], height: int, width: int, window: int, ratio: float,
+               generator, device) -> torch.Tensor:
+    """(B, N) bool keep, window-major over the padded (height, width) grid: ``random`` tokens, or the
+    cells of scattered objects (rectangles and ellipses, as ``bench_backbone.py`` uses) at stride 16
+    on the ``real`` (unpadded) map; window padding is never kept."""
+    if kind == "random":
+        return torch.rand(batch, height * width, generator=generator, device=device) < ratio
+    real_h, real_w = real
+    objects = scattered_objects(batch, real_h * 16, real_w * 16, share=ratio, seed=0, device=device)
+    cells = labels_from_masks(objects, real_h * 16, real_w * 16, (16,))[16] > 0
+    keep = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+    keep[:, :real_h, :real_w] = cells
+    return (keep.view(batch, height // window, window, width // window, window)
+            .transpose(2, 3).reshape(batch, -1))
 
 
 def _swin_relative_index(window: int, device) -> torch.Tensor:
@@ -72,9 +90,9 @@ def build_cases(args, ratio: float, device):
                    rel_pos_table=rand((2 * window - 1) ** 2, heads, scale=0.02, dtype=torch.float32))
     weights = {k: v.requires_grad_() for k, v in weights.items()}
     x = rand(batch, num_tokens, channels).requires_grad_()
-    keep = torch.rand(batch, num_tokens, generator=generator, device=device) < ratio
+    keep = _selection(args.selection, batch, (args.height, args.width), height, width, window, ratio, generator, device)
     coords, region = _window_setup(height, width, window, window // 2, device)
-    capacity = int(plan_packing(keep, container_len=length).containers_used)  # static: no sync per call
+    capacity = int(((keep.sum(1) + length - 1) // length).max())  # containers per image, static: no sync per call
     head_dim = channels // heads
     scale = head_dim ** -0.5
 
@@ -109,11 +127,16 @@ def build_cases(args, ratio: float, device):
         return lambda: select_pack_attention(x, rel_pos_table=weights["rel_pos_table"] if bias else None,
                                              backend=backend, **common)[0]
 
-    def pack(plan):
-        return pack_rows(x.reshape(-1, channels), plan)
+    total = batch * num_tokens
+    token_rows = torch.cat([torch.arange(total, device=device), torch.full((1,), -1, device=device)])
 
-    def scatter(rows, plan):
-        return unpack_rows(rows, plan).view(batch, num_tokens, channels)
+    def pack(plan):
+        rows, _ = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
+        return x.reshape(-1, channels).index_select(0, rows)
+
+    def scatter(packed, plan):
+        rows, holds_token = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
+        return scatter_add_rows(packed.new_zeros(total, channels), packed, rows, holds_token).view(batch, num_tokens, -1)
 
     def packed_unmasked():  # the same op with the attention rule dropped: the ceiling
         plan = plan_packing(keep, container_len=length, capacity=capacity)
@@ -126,12 +149,13 @@ def build_cases(args, ratio: float, device):
         return scatter(pack(plan), plan)
 
     # Core level: attention only on a fixed packed qkv.
+    positions = token_positions(region=region, coords=coords)
     plan = plan_packing(keep, container_len=length, capacity=capacity)
-    qkv_packed = rand(capacity * length, 3 * channels).requires_grad_()
+    qkv_packed = rand(plan.num_slots, 3 * channels).requires_grad_()
     qkv_dense = rand(batch * num_tokens, 3 * channels).requires_grad_()
 
     def core(backend: str, bias: bool):
-        return lambda: packed_attention(qkv_packed, plan, region=region, coords=coords, num_heads=heads,
+        return lambda: packed_attention(qkv_packed, plan, positions=positions, num_heads=heads,
                                         window=window, backend=backend,
                                         rel_pos_table=weights["rel_pos_table"] if bias else None)
 
@@ -158,8 +182,8 @@ def build_cases(args, ratio: float, device):
         "core/packed_triton_nobias": core("triton", False),
     }
     info = dict(batch=batch, tokens=num_tokens, grid=[height, width], channels=channels, heads=heads,
-                window=window, container_len=length, ratio=ratio, kept=int(keep.sum()),
-                containers=capacity, dense_windows=batch * num_windows, dtype=str(dtype))
+                window=window, container_len=length, ratio=ratio, selection=args.selection, kept=int(keep.sum()),
+                containers=plan.num_containers, dense_windows=batch * num_windows, dtype=str(dtype))
     return cases, leaves, info
 
 
@@ -197,12 +221,14 @@ def sweep_launch(fn, leaves, *, graphs: bool) -> dict:
     results = {}
     for (fw, fh), (bw, bh) in SWEEP:
         kernels.LAUNCH.update(forward=dict(num_warps=fw, heads=fh), backward=dict(num_warps=bw, heads=bh))
+        kernels._launch.cache_clear()
         name = f"core/triton_bias_w{fw}h{fh}_w{bw}h{bh}"
         try:
             results[name] = time_case(fn, leaves, graphs=graphs)
         except Exception as error:
             results[name] = {"error": repr(error)[:300]}
     kernels.LAUNCH.update(default)
+    kernels._launch.cache_clear()
     return results
 
 
@@ -285,6 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--window", type=int, default=7)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--selection", choices=["objects", "random"], default="objects",
+                        help="kept tokens: cells of scattered objects (as in use) or tokens drawn at random")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                         help="activations and weights (the bias table stays float32, as under autocast)")
     parser.add_argument("--graphs", action="store_true",

@@ -27,6 +27,7 @@ import torchvision
 
 from benchmarks.fixture_sets import bdd_shards, coco_shards
 from spa_cli.data import main as spa_data
+from spa_common.io import atomic_write
 from spa_data.loader import make_loader
 from spa_data.shards import shard_stats
 from spa_train.config import resolve_config
@@ -114,6 +115,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="spa-bench-"))
     results = []
+    meta = {"benchmark": "selected share during training", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+            "steps": steps, "quick": args.quick}
     for name, (task, shards, overrides) in datasets(args.fixtures, work / "data").items():
         if args.only and name not in args.only:
             continue
@@ -127,14 +133,13 @@ def main() -> None:
             print(f"{name:5s} {_name(variant):18s} step {last['step']}: train {last['train']['stage3']:.3f}/"
                   f"{last['train']['stage4']:.3f} eval {last['eval']['stage3']:.3f}/{last['eval']['stage4']:.3f} "
                   f"labels {labels[16]:.3f}/{labels[32]:.3f}", flush=True)
-    meta = {"benchmark": "selected share during training", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
-            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-            "steps": steps, "quick": args.quick}
-    (args.out / "selection.json").write_text(json.dumps({**meta, "runs": results}, indent=1) + "\n")
-    (args.out / "selection.md").write_text(table(results, meta))
+            write(args.out, results, meta)  # after every run: a run cut short keeps what it measured
     print(table(results, meta))
+
+
+def write(out: Path, results: list[dict], meta: dict) -> None:
+    atomic_write(out / "selection.json", (json.dumps({**meta, "runs": results}, indent=1) + "\n").encode())
+    atomic_write(out / "selection.md", table(results, meta).encode())
 
 
 def table(results: list[dict], meta: dict) -> str:

@@ -5,8 +5,9 @@ times (benchmarks/fixture_sets.py; an epoch is copies steps):
 - trainer: `spa-train`'s loop (``spa_train.engine.train``, --epochs epochs, --workers loader workers,
   no validation); its own img/s per epoch, the first epoch (warm-up) left out; and the whole run's
   wall time per image, epoch ends (checkpoints) included;
-- bare step: the same model and optimizer on one batch already on the GPU, forward + backward +
-  optimizer step in a loop, synchronised only at the end;
+- bare step: the same model and optimizer on the trainer's first --steps batches, already on the GPU
+  (the same mix of image shapes), forward + backward + optimizer step in a loop, synchronised only at
+  the end;
 - loader: the training loader alone (batches ready on the GPU), for scale.
 
     PYTHONPATH=. python3 benchmarks/bench_trainer.py --fixtures ../shared/fixtures --out OUT [--work DIR] [--quick]
@@ -40,25 +41,28 @@ QUICK = ["model_args={embed_dim: 8, depths: [1, 1, 2, 2], num_heads: [1, 1, 2, 2
 
 
 def bare_step_img_s(config, *, steps: int, warmup: int) -> float:
+    """The same model and optimizer stepping over ``steps`` batches already on the GPU (the trainer's
+    first batches: the same mix of image shapes), synchronised only at the end."""
     device = resolve_device(config.device)
     seed_everything(config.seed, deterministic=config.deterministic, device=device)
     dataset = open_shards(config.shards, config, train=True)
     model = build_task_model(config, dataset).to(device).train()
     optimizer = build_optimizer(model, config)
     amp = use_amp(config.amp, device)
-    batch = next(iter(make_loader(dataset, batch_size=config.batch_size, device=device)))
+    loader = make_loader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, device=device)
+    batches = list(islice(iter(loader), steps))
     start = None
-    for step in range(warmup + steps):
+    for step in range(warmup + len(batches)):
         if step == warmup:
             synchronize(device)
             start = time.perf_counter()
         with autocast(device, amp):
-            _, loss, _, _ = training_loss(model, batch, alpha=config.alpha)
+            _, loss, _, _ = training_loss(model, batches[step % len(batches)], alpha=config.alpha)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
-    return steps * config.batch_size / (time.perf_counter() - start)
+    return len(batches) * config.batch_size / (time.perf_counter() - start)
 
 
 def loader_img_s(config, *, batches: int) -> float:

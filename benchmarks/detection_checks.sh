@@ -11,11 +11,8 @@ set -uo pipefail
 out=${1:?usage: detection_checks.sh OUT_DIR [part ...]}; shift
 parts=${*:-tests selection trainer}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SPA_FIXTURES=${SPA_FIXTURES:-$PWD/.fixtures} SPA_RESULTS=$out
+source "$(dirname "$0")/device_env.sh"
+export SPA_RESULTS=$out
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 for part in $parts; do
   echo "=== $part ($(date -u +%T))"

@@ -27,7 +27,7 @@ def _shards(recipe: str, root: Path, split: str, out: Path, size: Optional[str])
 
 def coco_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[str] = None) -> Path:
     """COCO val2017 fixture images (2 images, 33 objects) as `coco` shards, each image ``copies`` times."""
-    source = fixtures / COCO
+    source = (fixtures / COCO).resolve()  # symlinks need an absolute target
     if copies == 1:
         return _shards("coco", source, "val", out / "coco", size)
     data = json.loads((source / "annotations/instances_val2017.json").read_text())
@@ -51,7 +51,7 @@ def coco_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[st
 
 def bdd_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[str] = None) -> Path:
     """The BDD100K fixture frame (1280x720, 10 detection labels) as `bdd` shards, ``copies`` times."""
-    source = fixtures / BDD
+    source = (fixtures / BDD).resolve()
     if copies == 1:
         return _shards("bdd", source, "train", out / "bdd", size)
     frames = json.loads((source / "labels/det_20/det_train.json").read_text())

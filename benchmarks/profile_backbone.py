@@ -1,30 +1,33 @@
-"""Where a Swin-T and an SPT-T (25% kept, static capacity) step spends its GPU time, op by op.
+"""Where a Swin-T and an SPT-T step spends its GPU time, op by op, on the inputs of bench_backbone.py.
 
-    PYTHONPATH=. python3 benchmarks/profile_backbone.py --out DIR [--size 1280x800] [--batch 8]
-        [--phases inference,train] [--compile] [--host [--device cpu]]
+    PYTHONPATH=. python3 benchmarks/profile_backbone.py --out DIR [--shape 1280x800:8]
+        [--phases inference,train] [--labels REGEX] [--compile] [--host] [--trace] [--quick]
 
-Profiles one bf16 inference pass and one training step of each model (after warm-up) with
-torch.profiler and writes DIR/profile_<phase>[_compiled].txt: the ops (under ``--compile``, the
-generated kernels) by total device time, the models side by side, so the SPT overhead (gather, plan,
-scatter, gate) shows against what it saves. SPT-T runs with per-image containers and with the
-paper's packing. ``--host`` tables each op's host (CPU) self time and calls instead, for steps bound
-by issuing launches; ``--host --device cpu`` counts the ops a step issues with no GPU (there, the
-packed attention runs its SDPA path, not the Triton kernels).
+Profiles one bf16 inference pass and one training step of each variant of ``bench_backbone.py``
+(scattered objects, about 25% of the stride-16 cells, gate evaluated; SPT-T with its default learned
+budget settled first) with torch.profiler after warm-up, and writes DIR/profile_<phase>[_compiled].txt:
+the ops (under ``--compile``, the generated kernels) by total device time, the models side by side,
+so the SPT overhead (gather, plan, scatter, gate) shows against what it saves. ``--host`` tables each
+op's host (CPU) self time and calls instead, for steps bound by issuing launches (``--quick`` runs it
+on the CPU with tiny models: the ops a step issues). ``--trace`` also writes a Chrome trace per
+variant (DIR/trace_<label>_<phase>.json.gz) for ``trace_gaps.py``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_backbone import box_labels, inference_fn, make_compute, make_model, static_capacity, train_fn
+from bench_backbone import Inputs, build, step_fn, variants
 
 
-def device_times(fn, steps: int = 3, host: bool = False) -> dict[str, tuple[float, int]]:
+def device_times(fn, steps: int = 3, host: bool = False, trace: str | None = None) -> dict[str, tuple[float, int]]:
     """{op name: (device ms per step, calls per step)} over ``steps`` profiled steps; with ``host``,
-    host (CPU) self ms of each op instead: where a launch-bound step spends its issuing time."""
+    host (CPU) self ms of each op instead: where a launch-bound step spends its issuing time.
+    ``trace``: also export the Chrome trace there."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(3):
         fn()
@@ -34,6 +37,8 @@ def device_times(fn, steps: int = 3, host: bool = False) -> dict[str, tuple[floa
         for _ in range(steps):
             fn()
         sync()
+    if trace:
+        prof.export_chrome_trace(trace)
     table = {}
     for event in prof.key_averages():
         if host and event.device_type == torch.autograd.DeviceType.CPU and event.self_cpu_time_total > 0:
@@ -60,36 +65,39 @@ def category(kernel: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--size", default="1280x800")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--shape", default="1280x800:8", help="WxH:batch")
+    parser.add_argument("--share", type=float, default=0.25)
+    parser.add_argument("--labels", default="^(swin_t|spt_t_gt|spt_t_topk)$", help="regex over bench_backbone's variants")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--phases", default="inference,train")
-    parser.add_argument("--compile", action="store_true", help="profile torch.compile'd models")
+    parser.add_argument("--compile", action="store_true", help="profile torch.compile'd steps")
     parser.add_argument("--host", action="store_true", help="host (CPU) self time per op, not device time")
-    parser.add_argument("--device", default="cuda", help="cpu: with --host, the ops a step issues, no GPU needed")
+    parser.add_argument("--trace", action="store_true", help="also write a Chrome trace per variant and phase")
+    parser.add_argument("--quick", action="store_true", help="tiny models (on the CPU: the ops a step issues)")
     args = parser.parse_args()
-    width, height = map(int, args.size.split("x"))
-    device = torch.device(args.device)
-    images = torch.randn(args.batch, 3, height, width, device=device)
-    labels = box_labels(args.batch, height, width, 0.25, 0, device)
-    capacity = static_capacity((height, width), args.batch, 0.25)
+    size, batch = args.shape.split(":")
+    width, height = map(int, size.split("x"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = Inputs(int(batch), height, width, args.share, device)
+    settle_inputs = [Inputs(int(batch), height, width, args.share, device, seed=s) for s in (1, 2, 3)]
+    mode = "compiled" if args.compile else "eager"
     os.makedirs(args.out, exist_ok=True)
-    variants = {"swin_tiny": ("swin_tiny", {}),
-                "spt_tiny": ("spt_tiny", dict(selector="gt", capacity=capacity)),
-                "spt_paper": ("spt_tiny", dict(selector="gt", capacity=capacity, per_image_containers=False))}
-    builders = {"inference": inference_fn, "train": train_fn}
     for phase in args.phases.split(","):
         tables = {}
-        for label, (name, overrides) in variants.items():
-            model = make_model(name, device, **overrides)
-            compute = make_compute(model)
-            if args.compile:
-                compute = torch.compile(compute, fullgraph=True)
-            tables[label] = device_times(builders[phase](model, compute, images, labels), host=args.host)
+        for label, spec in variants("tiny", phase, mode, args.share).items():
+            if not re.search(args.labels, label):
+                continue
+            torch.manual_seed(0)
+            model = build(spec, inputs, device, args.quick, settle_inputs)
+            trace = os.path.join(args.out, f"trace_{label}_{phase}{'_compiled' * args.compile}.json.gz") \
+                if args.trace else None
+            tables[label] = device_times(step_fn(model, inputs, phase=phase, mode=mode, device=device),
+                                         host=args.host or device.type == "cpu", trace=trace)
             torch._dynamo.reset()
         names = sorted(set().union(*tables.values()),
                        key=lambda k: -max(t.get(k, (0, 0))[0] for t in tables.values()))
-        lines = [f"{args.size} batch {args.batch} {phase}, {'host' if args.host else 'device'} ms per step (calls)",
+        kind = "host" if args.host or device.type == "cpu" else "device"
+        lines = [f"{args.shape} {phase} {mode}, {kind} ms per step (calls)",
                  f"{'total':70s} " + "  ".join(f"{n}: {sum(v[0] for v in t.values()):8.3f} ({sum(v[1] for v in t.values()):4d})"
                                                for n, t in tables.items())]
         for cat in [c for c, _ in CATEGORIES] + ["other"]:
@@ -104,7 +112,7 @@ def main() -> None:
             lines += ["", *names[:args.top]]
         text = "\n".join(lines)
         print(text)
-        suffix = "_compiled" * args.compile + "_host" * args.host
+        suffix = "_compiled" * args.compile + "_host" * (kind == "host")
         with open(os.path.join(args.out, f"profile_{phase}{suffix}.txt"), "w") as f:
             f.write(text + "\n")
 

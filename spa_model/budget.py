@@ -70,7 +70,7 @@ class TokenBudget(nn.Module):
     def observe(self, selected: Tensor, tokens: int) -> None:
         """Record (B,) selected counts of a training batch of images with ``tokens`` tokens each."""
         if self.learned and selected.numel():
-            self.peak.copy_(torch.maximum(self.peak, selected.max().to(self.peak.dtype) / max(tokens, 1)))
+            torch.maximum(self.peak, selected.amax() * (1.0 / max(tokens, 1)), out=self.peak)
 
     @torch.no_grad()
     def update(self, policy: BudgetPolicy) -> bool:

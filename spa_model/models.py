@@ -41,7 +41,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import stochastic_depth
 
 from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowAttention, WindowGrid
 from .budget import TokenBudget
@@ -232,16 +231,20 @@ class SpaBlock(SwinBlock):
             rel_pos_table=self.attn.relative_position_bias_table if self.spa.relative_position else None,
             window=grid.window, backend=self.spa.backend)
         out = F.linear(attended, self.attn.proj.weight, self.attn.proj.bias)
-        x = scatter_add_rows(x.reshape(-1, x.shape[-1]), out, rows, holds_token,
-                             self._drop_path_scale(rows, batch, grid.height * grid.width))
+        weight = self._slot_weight(rows, holds_token, batch, grid.height * grid.width, x.dtype)
+        x = scatter_add_rows(x.reshape(-1, x.shape[-1]), out, rows, weight)
         return x.view(batch, grid.height, grid.width, -1)
 
-    def _drop_path_scale(self, rows: Tensor, batch: int, pixels: int) -> Tensor | None:
-        """The block's row-mode stochastic depth, drawn per image, as a scale of each slot (None in eval)."""
+    def _slot_weight(self, rows: Tensor, holds_token: Tensor, batch: int, pixels: int, dtype: torch.dtype) -> Tensor:
+        """Each slot's weight in the residual sum: 0 without a token; in training, the block's row-mode
+        stochastic depth (torchvision's: kept with probability 1 - p, scaled by 1 / (1 - p)), drawn per image."""
         if not self.training or self.drop_path.p == 0.0:
-            return None
-        scale = stochastic_depth(rows.new_ones(batch, dtype=torch.float32), self.drop_path.p, "row", training=True)
-        return scale[rows // pixels]
+            return holds_token.to(dtype)
+        survival = 1.0 - self.drop_path.p
+        image_scale = torch.empty(batch, dtype=dtype, device=rows.device).bernoulli_(survival)
+        if survival > 0:
+            image_scale.div_(survival)
+        return torch.where(holds_token, image_scale[rows // pixels], 0)
 
     def _capacity(self, grid: WindowGrid, batch: int, keeps_padding: bool) -> int | None:
         """Containers per image (in all for the batch-wide layout), or None: exactly what is needed."""

@@ -8,8 +8,8 @@ the same ones (so the float64 reference tests check the code that runs):
   stand-in rows), and which slots hold a token;
 * ``F.linear`` for qkv on the packed rows, :func:`packed_attention` inside the containers,
   ``F.linear`` for the projection;
-* :func:`scatter_add_rows`: the projected rows added back to their tokens' rows (padding slots
-  add nothing), into the residual stream (SpaBlock) or into zeros (:func:`select_pack_attention`).
+* :func:`scatter_add_rows`: the projected rows, weighted, added back to their tokens' rows (padding
+  slots weigh 0), into the residual stream (SpaBlock) or into zeros (:func:`select_pack_attention`).
 
 Attention rule inside a container: token i attends token j iff they belong to the same image AND
 the same shift region (``positions[:, 0]``: Swin's shifted-window mask generalised; all zeros for
@@ -190,14 +190,12 @@ def slot_rows(plan: PackPlan, token_rows: Tensor, spread: Tensor) -> tuple[Tenso
     return torch.where(holds_token, rows, spread), holds_token
 
 
-def scatter_add_rows(target: Tensor, packed: Tensor, rows: Tensor, holds_token: Tensor,
-                     row_scale: Tensor | None = None) -> Tensor:
-    """``target`` (R, C) plus each slot's ``packed`` row (times ``row_scale``) at its source row;
-    slots without a token add nothing. Out of place; the backward is a gather."""
-    packed = torch.where(holds_token[:, None], packed, 0)
-    if row_scale is not None:
-        packed = packed * row_scale[:, None]
-    return target.index_add(0, rows, packed.to(target.dtype))
+def scatter_add_rows(target: Tensor, packed: Tensor, rows: Tensor, weight: Tensor) -> Tensor:
+    """``target`` (R, C) plus each slot's ``packed`` row times its ``weight`` (slots,) at its source
+    row: weight 0 for slots without a token (they add nothing), 1 or a drop-path scale otherwise.
+    Give ``weight`` the target's dtype: the product is then the row added, one op. Out of place; the
+    backward is a gather."""
+    return target.index_add(0, rows, (packed * weight[:, None]).to(target.dtype))
 
 
 def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bias: Tensor | None,
@@ -236,5 +234,6 @@ def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bi
     attended = packed_attention(qkv, plan, positions=token_positions(region=region, coords=coords),
                                 num_heads=num_heads, rel_pos_table=rel_pos_table, window=window, backend=backend)
     projected = F.linear(attended, proj_weight, proj_bias)
-    out = scatter_add_rows(projected.new_zeros(total, projected.shape[1]), projected, rows, holds_token)
+    target = projected.new_zeros(total, projected.shape[1])
+    out = scatter_add_rows(target, projected, rows, holds_token.to(target.dtype))
     return out.view(batch, num_tokens, -1), plan.containers_used

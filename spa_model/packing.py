@@ -118,10 +118,11 @@ def plan_packing(keep: Tensor, *, container_len: int, per_image: bool = True,
     length = container_len
     rank = keep.cumsum(1, dtype=torch.long)                   # 1-based rank of each kept token in its image
     selected = rank[:, -1] if num_tokens else keep.sum(1)
-    image = torch.arange(batch, device=keep.device)
     if per_image and capacity is not None:
         per_image_slots = capacity * length
-        slot = rank + (image * per_image_slots - 1)[:, None]
+        before_first = (torch.arange(-1, batch * per_image_slots - 1, per_image_slots, device=keep.device)
+                        if per_image_slots else keep.new_full((batch,), -1, dtype=torch.long))  # image b: b * slots - 1
+        slot = rank + before_first[:, None]
         fits = keep & (rank <= per_image_slots)
         num_slots = batch * per_image_slots
     elif per_image:

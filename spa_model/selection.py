@@ -56,7 +56,7 @@ def gumbel_sigmoid(scores: Tensor, *, tau: float, threshold: float, stochastic: 
     logits = scores
     if stochastic:
         logits = scores - torch.empty_like(scores).exponential_().log()  # + Gumbel(0, 1) noise
-    soft = torch.sigmoid(logits / tau)
+    soft = torch.sigmoid(logits / tau if tau != 1 else logits)
     keep = soft > threshold
     weight = keep.to(soft.dtype) - soft.detach() + soft if soft.requires_grad else None
     return Selection(keep, weight)

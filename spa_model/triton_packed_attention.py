@@ -3,19 +3,21 @@
 One program per (container, group of heads). It reads its q, k and v rows straight out of the packed qkv
 projection ((containers * L, 3C), no permuted copies), builds the attention rule on the fly from
 the plan's token_index (image = token // N), an (N, 3) int32 table of (region, row, col) per
-token position and the bias table, transposed to (heads, (2M-1)^2), and writes its head's slice of the
+token position and the bias table as the model holds it, ((2M-1)^2, heads), and writes its head's slice of the
 (containers * L, C) output plus the row log-sum-exp for backward.
 Nothing of size (containers, heads, L, L) ever reaches memory, which is what the SDPA path pays for.
 
 Backward recomputes the scores from the saved log-sum-exp (FlashAttention style), writes dq, dk, dv
 into a (containers * L, 3C) gradient in the same layout, and adds the bias gradient with atomics
-into ``_DTABLE_GROUPS`` partial copies of the table (fewer collisions on the 169 entries), which the
-caller sums.
+into ``_DTABLE_GROUPS`` partial copies of the table, each (heads, (2M-1)^2) so that one head's
+entries lie together (fewer collisions on the 169 entries), which the caller sums.
 
 A container fits one block (L <= BLOCK_L = next power of two >= 16), so there is no online softmax.
 float32 inputs use IEEE float32 dots (no tf32), matching the SDPA path's precision.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -54,12 +56,12 @@ def _pair_rule(index_ptr, info_ptr, slot, valid, offs_l, num_tokens, total_token
 
 
 @triton.jit
-def _head_scores(q, k, table_ptr, head, table_size, allowed, index, scale,
+def _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """One head's masked scores (BLOCK_L, BLOCK_L) in float32."""
+    """One head's masked scores (BLOCK_L, BLOCK_L) in float32 (bias table: (entries, heads))."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
     if HAS_BIAS:
-        bias = tl.load(table_ptr + head * table_size + index, mask=allowed, other=0.0)
+        bias = tl.load(table_ptr + index * num_heads + head, mask=allowed, other=0.0)
         scores += bias.to(tl.float32)
     return tl.where(allowed, scores, float("-inf"))
 
@@ -83,7 +85,7 @@ def _forward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr, t
         q = tl.load(rows, mask=tile, other=0.0)
         k = tl.load(rows + channels, mask=tile, other=0.0)
         v = tl.load(rows + 2 * channels, mask=tile, other=0.0)
-        scores = _head_scores(q, k, table_ptr, head, table_size, allowed, index, scale, HAS_BIAS, PRECISION)
+        scores = _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale, HAS_BIAS, PRECISION)
         row_max = tl.max(scores, axis=1)
         probs = tl.exp(scores - row_max[:, None])
         row_sum = tl.sum(probs, axis=1)
@@ -119,7 +121,7 @@ def _backward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
         v = tl.load(qkv_ptr + qkv_offsets + 2 * channels, mask=tile, other=0.0)
         out = tl.load(out_ptr + out_offsets, mask=tile, other=0.0).to(tl.float32)
         grad_out = tl.load(grad_out_ptr + out_offsets, mask=tile, other=0.0)
-        scores = _head_scores(q, k, table_ptr, head, table_size, allowed, index, scale, HAS_BIAS, PRECISION)
+        scores = _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale, HAS_BIAS, PRECISION)
         lse = tl.load(lse_ptr + slot * num_heads + head, mask=valid, other=0.0)
         probs = tl.exp(scores - lse[:, None])
         probs = tl.where(valid[:, None], probs, 0.0)  # rows beyond L contribute nothing
@@ -143,6 +145,7 @@ def _backward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
 LAUNCH = {"forward": dict(num_warps=2, heads=1), "backward": dict(num_warps=8, heads=6)}
 
 
+@functools.lru_cache(maxsize=None)  # a few shapes per model; computed once, not per call
 def _launch(pass_: str, length: int, num_heads: int, head_dim: int, dtype: torch.dtype) -> dict:
     heads = max(h for h in range(1, LAUNCH[pass_]["heads"] + 1) if num_heads % h == 0)
     return dict(HEADS=heads, BLOCK_L=max(16, triton.next_power_of_2(length)),
@@ -155,7 +158,7 @@ def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, positi
                   num_heads: int, num_tokens: int, total_tokens: int, window: int, scale: float
                   ) -> tuple[Tensor, Tensor]:
     """(out, lse): attention output (slots, C) and the row log-sum-exp (slots, heads) for backward.
-    table: the bias table as (heads, (2M-1)^2), contiguous, or None."""
+    table: the bias table as ((2M-1)^2, heads), contiguous, or None."""
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     out = torch.empty(num_slots, channels, dtype=qkv.dtype, device=qkv.device)
@@ -164,7 +167,7 @@ def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, positi
         config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
         _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
             qkv, token_index, positions, positions if table is None else table, out, lse,
-            1 if table is None else table.shape[1], length, channels, num_heads, channels // num_heads,
+            1 if table is None else table.shape[0], length, channels, num_heads, channels // num_heads,
             num_tokens, total_tokens, scale,
             WINDOW=window, HAS_BIAS=table is not None, **config)
     return out, lse
@@ -178,7 +181,7 @@ def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_in
     qkv = qkv.contiguous()
     num_slots, channels = qkv.shape[0], qkv.shape[1] // 3
     grad_qkv = torch.empty_like(qkv)
-    table_size = table.shape[1] if table is not None else 1
+    table_size = table.shape[0] if table is not None else 1
     grad_table = torch.zeros(_DTABLE_GROUPS if table is not None else 0, num_heads, table_size,
                              dtype=torch.float32, device=qkv.device)
     if num_slots:
@@ -195,11 +198,10 @@ def _backward_impl(grad_out: Tensor, qkv: Tensor, table: Tensor | None, token_in
 # tracing into the Triton launch, no graph break), paired for autograd. Eager mode calls them through
 # an autograd.Function instead, whose dispatch costs a fraction of a custom op's, and calls the
 # forward directly when no gradient is wanted. The ops hold the kernels and their outputs only: the
-# table's transpose and the sum of the bias gradient's partial copies run outside, where Inductor
-# fuses them. (The transposed table keeps one head's entries together: a warp's bias gathers and
-# gradient atomics touch few lines; reading the model's (table, heads) layout in place was slower
-# in training, benchmarks/README.md.) Letting Inductor
-# launch the kernels (torch.library.triton_op) was measured and rejected: benchmarks/README.md.
+# sum of the bias gradient's partial copies runs outside, where Inductor fuses it. The kernels read
+# the bias table in the model's layout (no copy per call; the table is a few KiB, cache-resident);
+# the gradient's partial copies are head-major, so that one head's atomics touch few lines. Letting
+# Inductor launch the kernels (torch.library.triton_op) was measured and rejected: benchmarks/README.md.
 _forward = torch.library.custom_op("spa::packed_attention_forward", mutates_args=())(_forward_impl)
 _backward = torch.library.custom_op("spa::packed_attention_backward", mutates_args=())(_backward_impl)
 
@@ -213,7 +215,7 @@ def _(qkv, table, token_index, positions, length, num_heads, num_tokens, total_t
 @_backward.register_fake
 def _(grad_out, qkv, table, token_index, positions, out, lse, length, num_heads, num_tokens,
       total_tokens, window, scale):
-    groups, table_size = (_DTABLE_GROUPS, table.shape[1]) if table is not None else (0, 1)
+    groups, table_size = (_DTABLE_GROUPS, table.shape[0]) if table is not None else (0, 1)
     return torch.empty_like(qkv), qkv.new_empty(groups, num_heads, table_size, dtype=torch.float32)
 
 
@@ -226,7 +228,7 @@ def _setup_context(ctx, inputs, output):
 def _gradients(ctx, grad_out: Tensor, backward) -> tuple:
     qkv, table, token_index, positions, out, lse = ctx.saved_tensors
     grad_qkv, grad_groups = backward(grad_out, qkv, table, token_index, positions, out, lse, *ctx.static)
-    grad_table = grad_groups.sum(0).to(table.dtype) if table is not None else None
+    grad_table = grad_groups.sum(0).t().to(table.dtype) if table is not None else None  # (heads, T) -> (T, heads)
     return grad_qkv, grad_table, None, None, *([None] * len(ctx.static))
 
 
@@ -258,7 +260,7 @@ def triton_packed_attention(qkv: Tensor, plan: PackPlan, *, positions: Tensor, n
     qkv: (containers * L, 3C) in slot order -> (containers * L, C). positions: (N, 3) int32 (region,
     row, col), see :func:`spa_model.packed_attention.token_positions`.
     """
-    table = rel_pos_table.t().contiguous() if rel_pos_table is not None else None
+    table = rel_pos_table.contiguous() if rel_pos_table is not None else None  # (entries, heads): read in place
     args = (qkv, table, plan.token_index, positions, plan.container_len, num_heads,
             max(positions.shape[0], 1), int(plan.token_slot.shape[0]), window, scale)  # B * N: a shape, no sync
     if torch.compiler.is_compiling():

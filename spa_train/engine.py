@@ -140,7 +140,9 @@ class Trainer:
         self.model = self._wrap(model)
         self.writer = MetricsWriter(self.run_dir, enabled=self.info.is_main)
         self.val_loader = None
-        self.stop_requested = False
+        self.stop_requested = False   # set by a signal (this rank)
+        self.stopping = False         # agreed by every rank at the last read: the loop stops
+        self.pending_steps: list[tuple[torch.Tensor, float]] = []   # (step statistics on the device, lr)
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -181,7 +183,7 @@ class Trainer:
             with self._stop_on_signals():
                 while self.position.epoch < self.config.epochs and self.position.step < self.stop_step:
                     last_row = self._train_epoch()
-                    if self.stop_requested:
+                    if self.stopping:
                         self._save("last.pt")
                         self._say(f"interrupted: saved {self.run_dir / 'last.pt'} at step {self.position.step}; "
                                   f"resume from {self.run_dir} to continue")
@@ -227,20 +229,26 @@ class Trainer:
             images_seen += len(batch.image_ids) * self.info.world_size
             steps.images += len(batch.image_ids) * self.info.world_size
             if is_last_micro:
-                stats = self._optimizer_step(accum)
+                self._optimizer_step(accum)
                 accum = StepAccumulator(self.device)
                 bar.update(1)
-                steps.add_loss(stats["loss"])
-                if pos.step % config.log_interval == 0 or pos.step == self.stop_step:
-                    self._log_step({**stats, "img_s": steps.images_per_second()}, bar)
-                if config.checkpoint_interval and pos.step % config.checkpoint_interval == 0:
-                    self._save("last.pt")
-                if self.stop_requested or pos.step >= self.stop_step:
+                due_log = pos.step % config.log_interval == 0 or pos.step == self.stop_step
+                due_checkpoint = config.checkpoint_interval and pos.step % config.checkpoint_interval == 0
+                signalled = self.stop_requested and not self.info.enabled  # one process: stop at once
+                if due_log or due_checkpoint or signalled:
+                    stats = self._read_steps(steps)
+                    if due_log:
+                        self._log_step({**stats, "img_s": steps.images_per_second()}, bar)
+                    if due_checkpoint:
+                        self._save("last.pt")
+                if self.stopping or pos.step >= self.stop_step:
                     break
+        if self.pending_steps:
+            self._read_steps(steps)
         bar.close()
         synchronize(self.device)
         elapsed = time.perf_counter() - start
-        if self.stop_requested:
+        if self.stopping:
             return {}
         complete = pos.consumed >= self.micro_per_epoch   # else stopped early by max_steps
         row = {"kind": "epoch", "epoch": pos.epoch + 1 if complete else self._epochs_done(), "step": pos.step,
@@ -283,29 +291,46 @@ class Trainer:
                 else batch.images
             return training_loss(self.model, batch, alpha=self.config.alpha, images=images)
 
-    def _optimizer_step(self, accum: "StepAccumulator") -> dict[str, float]:
-        pos = self.position
-        # one host sync per step: the clip runs on the device first, and every value comes in one read
+    def _optimizer_step(self, accum: "StepAccumulator") -> None:
+        """Clip, step and schedule; the step's statistics wait on the device for :meth:`_read_steps`
+        (no host sync here: the host queues the next step while the GPU runs this one)."""
         grad_norm = accum.values.new_full((1,), math.nan)
         if self.config.clip_grad_norm is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm).reshape(1)
-        flags = accum.values.new_full((1,), float(self.stop_requested))
-        reduced = all_reduce_sum(torch.cat([accum.values, flags]), self.info)
-        loss, task_loss, select_loss, count, stop, grad_norm = torch.cat([reduced, grad_norm.float()]).tolist()
-        if not math.isfinite(loss):
-            raise SpaError(f"non-finite loss ({loss}) at step {pos.step + 1} (epoch {pos.epoch + 1}): "
-                           f"training stopped; "
-                           f"the last good checkpoint is {self.run_dir / 'last.pt'}"
-                           + ("" if (self.run_dir / "last.pt").is_file() else " (none written yet)"))
-        self.stop_requested = stop > 0
-        lr = self.optimizer.param_groups[0]["lr"]
+        self.pending_steps.append((torch.cat([accum.values, grad_norm.float()]), self.optimizer.param_groups[0]["lr"]))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_token_budgets(unwrap_model(self.model))
-        pos.step += 1
-        return {"loss": loss / count, "task_loss": task_loss / count, "select_loss": select_loss / count,
-                "grad_norm": grad_norm, "lr": lr}
+        self.position.step += 1
+
+    def _read_steps(self, steps: "StepLog") -> dict[str, float]:
+        """The statistics of the steps since the last read, in one host sync (and one all-reduce, which
+        also makes every rank agree on a stop); adds their losses to ``steps``, fails on the first
+        non-finite loss, returns the last step's. Read before logging and before any checkpoint, so a
+        checkpoint never holds weights a non-finite step touched."""
+        pos, count = self.position, len(self.pending_steps)
+        values = torch.stack([v for v, _ in self.pending_steps])           # (steps, 5): 4 sums, grad norm
+        flags = values.new_full((1,), float(self.stop_requested))
+        reduced = all_reduce_sum(torch.cat([values[:, :4].flatten(), flags]), self.info)
+        read = torch.cat([reduced, values[:, 4]]).tolist()                   # the one host sync
+        sums, stop, grad_norms = read[:4 * count], read[4 * count], read[4 * count + 1:]
+        lrs = [lr for _, lr in self.pending_steps]
+        self.pending_steps.clear()
+        stats = {}
+        for i in range(count):
+            loss, task_loss, select_loss, micro = sums[4 * i:4 * i + 4]
+            if not math.isfinite(loss):
+                step = pos.step - count + i + 1
+                raise SpaError(f"non-finite loss ({loss}) at step {step} (epoch {pos.epoch + 1}): "
+                               f"training stopped; "
+                               f"the last good checkpoint is {self.run_dir / 'last.pt'}"
+                               + ("" if (self.run_dir / "last.pt").is_file() else " (none written yet)"))
+            stats = {"loss": loss / micro, "task_loss": task_loss / micro, "select_loss": select_loss / micro,
+                     "grad_norm": grad_norms[i], "lr": lrs[i]}
+            steps.add_loss(stats["loss"])
+        self.stop_requested = self.stopping = stop > 0
+        return stats
 
     def validate(self) -> dict[str, Any]:
         if self.val_loader is None:  # built once: its workers persist between validations

@@ -45,6 +45,26 @@ def test_select_all_equals_swin(per_image):
     assert got.scores == {} and all(r == 1 for r in got.select_ratios) and len(got.select_ratios) == 4
 
 
+def test_select_all_in_training_drops_paths_as_swin():
+    """Stochastic depth in SPA blocks: the same per-image draws as torchvision's row mode in Swin's
+    blocks (one draw per residual branch, kept with probability 1 - p, scaled by 1 / (1 - p))."""
+    torch.manual_seed(0)
+    cfg = dict(SMALL, drop_path_rate=0.6)
+    swin = spa_model.create_model("swin_tiny", **cfg).train()
+    spt = spa_model.create_model("spt_tiny", **cfg, selector="all").train()
+    spt.load_swin_state_dict(swin.state_dict())
+    images = torch.randn(4, 3, *SIZE)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        want = swin.forward_features(images).features
+        torch.manual_seed(seed)
+        got = spt.forward_features(images).features
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    assert not torch.allclose(spt.forward_features(images).features[3], got[3])  # the draws do differ
+
+
 def test_gumbel_eval_selects_partially_and_scores_have_the_contract_shapes():
     _, spt = _pair()
     with torch.no_grad():

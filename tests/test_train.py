@@ -97,6 +97,31 @@ def test_resume_is_exact_and_a_nonfinite_loss_keeps_the_last_good_checkpoint(dem
     assert steps == sorted(set(steps))                            # a resumed run never logs a step twice
 
 
+def test_step_statistics_are_read_at_log_steps_only_and_none_is_lost(demo_shards, tmp_path, monkeypatch):
+    """The loop reads the losses from the device at log steps (and before checkpoints, at epoch ends),
+    not after every step; every step's loss still counts in the epoch's mean and the logged values."""
+    from spa_train.engine import Trainer
+
+    reads = []
+    read_steps = Trainer._read_steps
+    monkeypatch.setattr(Trainer, "_read_steps", lambda self, steps: reads.append(len(self.pending_steps))
+                        or read_steps(self, steps))
+    data = demo_shards("in-s", "train")
+    rows = {}
+    for interval in (1, 3):
+        reads.clear()
+        train(_config(data, tmp_path / f"log{interval}", "max_steps=7", "epochs=1", f"log_interval={interval}"))
+        rows[interval] = [json.loads(line) for line in (tmp_path / f"log{interval}" / "metrics.jsonl").read_text().splitlines()]
+        assert sum(reads) == 7 and len(reads) == (7 if interval == 1 else 3)     # steps 3, 6 and the last, 7
+    every, sparse = ([r for r in rows[i] if r["kind"] == "step"] for i in (1, 3))
+    assert [r["step"] for r in sparse] == [3, 6, 7]
+    for row in sparse:
+        assert row["loss"] == every[row["step"] - 1]["loss"] and row["lr"] == every[row["step"] - 1]["lr"]
+    epoch = {i: next(r for r in rows[i] if r["kind"] == "epoch") for i in (1, 3)}
+    assert epoch[1]["train/loss"] == epoch[3]["train/loss"]
+    assert epoch[1]["train/loss"] == pytest.approx(sum(r["loss"] for r in every) / 7)
+
+
 def _cli(device: str = "device=cpu") -> list[str]:
     return ["-m", "spa_cli.train", "--task", "cls", "--model", "spt_tiny", TINY.replace("0.1", "0.0"),
             "batch_size=8", "epochs=1", "num_workers=0", "warmup_steps=1", "progress=false", device]
