@@ -18,7 +18,7 @@ python3 -c 'import torch, torchvision, triton; print("torch", torch.__version__,
 for part in $parts; do
   echo "=== $part ($(date -u +%T))"
   case $part in
-    tests)     timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -25 ;;
+    tests)     timeout 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -25 ;;
     packed)    timeout 90 python3 benchmarks/bench_packed_attention.py --out "$out" 2>&1 | tail -25
                timeout 60 python3 benchmarks/bench_packed_attention.py --graphs --out "$out/graphs" 2>&1 | tail -12 ;;
     profile)   timeout 200 python3 benchmarks/profile_backbone.py --shape "$shape" --out "$out" \
