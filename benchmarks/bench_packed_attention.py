@@ -136,7 +136,8 @@ def build_cases(args, ratio: float, device):
 
     def scatter(packed, plan):
         rows, holds_token = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
-        return scatter_add_rows(packed.new_zeros(total, channels), packed, rows, holds_token).view(batch, num_tokens, -1)
+        target = packed.new_zeros(total, channels)
+        return scatter_add_rows(target, packed, rows, holds_token.to(target.dtype)).view(batch, num_tokens, -1)
 
     def packed_unmasked():  # the same op with the attention rule dropped: the ceiling
         plan = plan_packing(keep, container_len=length, capacity=capacity)
