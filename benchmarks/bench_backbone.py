@@ -37,7 +37,7 @@ import torchvision
 
 import spa_model
 from spa_common.io import atomic_write
-from spa_train.bench import labels_from_masks, scattered_objects, settle_budgets
+from spa_train.bench import labels_from_masks, scattered_objects, selection_summary, settle_budgets
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 6, 1), num_heads=(1, 2, 4, 8))  # --quick (STViT-R needs 6 blocks in stage 3)
 STRIDES = tuple(2 ** k for k in range(2, 7))  # every label stride a model may read (each reads its contract().label_strides)
@@ -258,12 +258,9 @@ def selection_stats(model, inputs: Inputs) -> dict:
                                          enabled=inputs.images.is_cuda):
         out = model.forward_features(inputs.images, inputs.labels)
     model.train(training)
-    stats = {"gmacs_per_image": spa_model.count_flops(model, out).total / 1e9}
+    stats = selection_summary(model, out)
     if out.blocks:
-        selected = sum(float(b.selected.sum()) for b in out.blocks)
-        stats.update(select_ratio=float(torch.stack(out.select_ratios).mean()),
-                     dropped_share=sum(float(d) for d in out.dropped) / max(selected, 1),
-                     budgets=[round(b.value, 4) for b in model.modules() if isinstance(b, spa_model.budget.TokenBudget)])
+        stats["budgets"] = [round(b.value, 4) for b in model.modules() if isinstance(b, spa_model.budget.TokenBudget)]
     return stats
 
 

@@ -130,24 +130,26 @@ def build_cases(args, ratio: float, device):
     total = batch * num_tokens
     token_rows = torch.cat([torch.arange(total, device=device), torch.full((1,), -1, device=device)])
 
-    def pack(plan):
-        rows, _ = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
+    def planned():  # the plan, each slot's source row and its weight in the sum, once per call
+        plan = plan_packing(keep, container_len=length, capacity=capacity)
+        rows, holds_token = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
+        return rows, holds_token.to(x.dtype)
+
+    def pack(rows):
         return x.reshape(-1, channels).index_select(0, rows)
 
-    def scatter(packed, plan):
-        rows, holds_token = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
-        target = packed.new_zeros(total, channels)
-        return scatter_add_rows(target, packed, rows, holds_token.to(target.dtype)).view(batch, num_tokens, -1)
+    def scatter(packed, rows, weight):
+        return scatter_add_rows(packed.new_zeros(total, channels), packed, rows, weight).view(batch, num_tokens, -1)
 
     def packed_unmasked():  # the same op with the attention rule dropped: the ceiling
-        plan = plan_packing(keep, container_len=length, capacity=capacity)
-        qkv = F.linear(pack(plan), weights["qkv_weight"], weights["qkv_bias"])
+        rows, weight = planned()
+        qkv = F.linear(pack(rows), weights["qkv_weight"], weights["qkv_bias"])
         out = merge_heads(F.scaled_dot_product_attention(*split_heads(qkv), scale=scale))
-        return scatter(F.linear(out, weights["proj_weight"], weights["proj_bias"]), plan)
+        return scatter(F.linear(out, weights["proj_weight"], weights["proj_bias"]), rows, weight)
 
     def select_pack_scatter():
-        plan = plan_packing(keep, container_len=length, capacity=capacity)
-        return scatter(pack(plan), plan)
+        rows, weight = planned()
+        return scatter(pack(rows), rows, weight)
 
     # Core level: attention only on a fixed packed qkv.
     positions = token_positions(region=region, coords=coords)

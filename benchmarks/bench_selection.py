@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from benchmarks.fixture_sets import bdd_shards, coco_shards
-from spa_cli.data import main as spa_data
+from benchmarks.fixture_sets import bdd_shards, built_shards, coco_shards
 from spa_common.io import atomic_write
 from spa_data.loader import make_loader
 from spa_data.shards import shard_stats
@@ -44,12 +43,7 @@ def datasets(fixtures: Path, out: Path) -> dict[str, tuple[str, Path, list[str]]
     sets = {}
     for name, recipe, root, split in (("in-s", "in-s", fixtures / "tiny-imagenet-200", "train"),
                                       ("voc", "voc", fixtures / "voc2012/VOCdevkit/VOC2012", "trainval")):
-        subset = out / name
-        if not (subset / "shards" / "index.json").is_file():
-            spa_data(["build", recipe, "--root", str(root), "--split", split, "--out", str(subset),
-                      "--missing-images", "skip", "--overwrite"])
-            spa_data(["labels", str(subset)])
-        sets[name] = subset / "shards"
+        sets[name] = built_shards(recipe, root, split, out / name, build_args=("--missing-images", "skip"))
     det = ["batch_size=2", "lr=2e-4", "fpn_channels=256"]
     return {"coco": ("det", coco_shards(fixtures, out, size="666,400"), det),
             "bdd": ("det", bdd_shards(fixtures, out, size="666,400"), [*det, "batch_size=1", "masks=false"]),

@@ -18,9 +18,12 @@ COCO = "coco/val-2img"
 BDD = "bdd100k/bdd100k"
 
 
-def _shards(recipe: str, root: Path, split: str, out: Path, size: Optional[str]) -> Path:
+def built_shards(recipe: str, root: Path, split: str, out: Path, size: Optional[str] = None,
+                 build_args: tuple[str, ...] = ()) -> Path:
+    """`spa-data build RECIPE` then `spa-data labels` into ``out`` (once: kept when already built)."""
     if not (out / "shards" / "index.json").is_file():
-        spa_data(["build", recipe, "--root", str(root), "--split", split, "--out", str(out), "--overwrite"])
+        spa_data(["build", recipe, "--root", str(root), "--split", split, "--out", str(out), "--overwrite",
+                  *build_args])
         spa_data(["labels", str(out), *(["--size", size] if size else [])])
     return out / "shards"
 
@@ -29,7 +32,7 @@ def coco_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[st
     """COCO val2017 fixture images (2 images, 33 objects) as `coco` shards, each image ``copies`` times."""
     source = (fixtures / COCO).resolve()  # symlinks need an absolute target
     if copies == 1:
-        return _shards("coco", source, "val", out / "coco", size)
+        return built_shards("coco", source, "val", out / "coco", size)
     data = json.loads((source / "annotations/instances_val2017.json").read_text())
     root = out / f"coco-x{copies}-root"
     (root / "val2017").mkdir(parents=True, exist_ok=True)
@@ -46,14 +49,14 @@ def coco_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[st
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations/instances_val2017.json").write_text(
         json.dumps({**data, "images": images, "annotations": annotations}))
-    return _shards("coco", root, "val", out / f"coco-x{copies}", size)
+    return built_shards("coco", root, "val", out / f"coco-x{copies}", size)
 
 
 def bdd_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[str] = None) -> Path:
     """The BDD100K fixture frame (1280x720, 10 detection labels) as `bdd` shards, ``copies`` times."""
     source = (fixtures / BDD).resolve()
     if copies == 1:
-        return _shards("bdd", source, "train", out / "bdd", size)
+        return built_shards("bdd", source, "train", out / "bdd", size)
     frames = json.loads((source / "labels/det_20/det_train.json").read_text())
     root = out / f"bdd-x{copies}-root"
     (root / "images/100k/train").mkdir(parents=True, exist_ok=True)
@@ -67,4 +70,4 @@ def bdd_shards(fixtures: Path, out: Path, *, copies: int = 1, size: Optional[str
                 link.symlink_to(source / "images/100k/train" / frame["name"])
             copied.append({**frame, "name": name})
     (root / "labels/det_20/det_train.json").write_text(json.dumps(copied))
-    return _shards("bdd", root, "train", out / f"bdd-x{copies}", size)
+    return built_shards("bdd", root, "train", out / f"bdd-x{copies}", size)

@@ -18,16 +18,14 @@ from typing import Optional
 
 import click
 
-from .common import OptionsCommand, at_least, debug_option, report_errors
+from .common import OptionsGroup, at_least, debug_option, report_errors
 from spa_data.recipes import TASKS
 from spa_model.selection import SELECTORS
 from spa_train.config import AMP_MODES, DEVICES
 
 
-class DefaultToTrain(click.Group):
+class DefaultToTrain(OptionsGroup):
     """A group whose default command is ``train``: ``spa-train --shards ...`` trains."""
-
-    command_class = OptionsCommand
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):

@@ -70,7 +70,13 @@ def temporary_path(path: Path) -> Path:
 
 def is_temporary(path: Path) -> bool:
     """Whether ``path`` is named as an ``atomic_open`` temporary (of this process or of a killed one)."""
-    return re.fullmatch(r"\..+\.tmp-\d+", Path(path).name) is not None
+    return temporary_target(path) is not None
+
+
+def temporary_target(path: Path) -> Optional[str]:
+    """The name an ``atomic_open`` temporary ``path`` is renamed to (``.x.tmp-<pid>`` -> ``x``), else None."""
+    match = re.fullmatch(r"\.(.+)\.tmp-\d+", Path(path).name)
+    return match.group(1) if match else None
 
 
 def remove_quietly(path: Path) -> None:
@@ -96,6 +102,18 @@ def foreign_entries(directory: Path, ours: Callable[[Path], bool]) -> list[str]:
 # ------------------------------------------------------------------------------ staged directories
 
 
+def refuse_foreign(out: Path, owned: Callable[[Path], Optional[str]], refusing: str) -> bool:
+    """Whether ``out`` is a non-empty directory; SpaError ``{out}: not empty and {why}; refusing to
+    {refusing}`` when it is one that ``owned`` does not recognise (``owned(out)`` says why not)."""
+    out = Path(out)
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    reason = owned(out)
+    if reason is not None:
+        raise SpaError(f"{out}: not empty and {reason}; refusing to {refusing}")
+    return True
+
+
 @contextmanager
 def staged_dir(out: Path, *, overwrite: bool, owned: Callable[[Path], Optional[str]]) -> Iterator[Path]:
     """Yield a fresh sibling ``out.tmp-<pid>``; it replaces ``out`` on success and is deleted on error.
@@ -106,10 +124,7 @@ def staged_dir(out: Path, *, overwrite: bool, owned: Callable[[Path], Optional[s
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SpaError(f"{out}: output path exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        reason = owned(out)
-        if reason is not None:
-            raise SpaError(f"{out}: not empty and {reason}; refusing to replace it (choose a new or empty directory)")
+    if refuse_foreign(out, owned, "replace it (choose a new or empty directory)"):
         if not overwrite:
             raise ParamError(f"{out}: output directory is not empty (pass {{overwrite}} to replace it)", "overwrite")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")

@@ -56,13 +56,19 @@ def read_image(path: Path, entry: dict, image_format: str) -> np.ndarray:
 def jpeg_problem(encoded: np.ndarray) -> str | None:
     """Why ``decode_jpeg`` (CPU, RGB, as in the loader) fails on these bytes; None when it decodes."""
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
-        decode_jpeg(torch.from_numpy(encoded.copy()), mode=ImageReadMode.RGB)
+        decode_jpeg_rgb(torch.from_numpy(encoded.copy()))
     except RuntimeError as e:
         return decoder_message(e)
     return None
+
+
+def decode_jpeg_rgb(encoded, device="cpu"):
+    """``torchvision.io.decode_jpeg`` to RGB: one uint8 tensor or a list of them (a batch), on ``device``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
 
 def decoder_message(error: BaseException) -> str:

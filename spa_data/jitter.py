@@ -13,6 +13,7 @@ run drew, whatever the number of workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import torch
@@ -35,7 +36,13 @@ def check_short_sides(geometry: Geometry, short_sides: Sequence[int], *, where: 
 
 def jittered_layout(geometry: Geometry, short_side: int, *, width: int, height: int) -> Layout:
     """Where a (width, height) image lands at ``geometry`` with its short-side limit set to ``short_side``."""
-    return dataclasses.replace(geometry, size=(geometry.size[0], short_side)).layout(width, height)
+    return _jittered_geometry(geometry, short_side).layout(width, height)
+
+
+@functools.lru_cache(maxsize=256, typed=True)   # typed: 1 and True are different short sides (True is refused)
+def _jittered_geometry(geometry: Geometry, short_side: int) -> Geometry:
+    """``geometry`` with its short-side limit set to ``short_side`` (built and validated once per pair)."""
+    return dataclasses.replace(geometry, size=(geometry.size[0], short_side))
 
 
 def draw_short_sides(short_sides: Sequence[int], count: int, *, seed: int, epoch: int, rank: int) -> list[int]:

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from spa_common.errors import SpaError
 from spa_data.geometry import Geometry
-from spa_data.images import decoder_message
+from spa_data.images import decode_jpeg_rgb, decoder_message
 from spa_data.jitter import jittered_layout
 from spa_data.labels import selection_labels, threshold_code
 from spa_data.rle import decode_rle
@@ -223,12 +223,11 @@ def render_images(encoded: list[torch.Tensor], image_format: str, orig_hw: list,
 
     Images that share (original size, resized size, flip) go through resize and flip together.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2.functional import resize
 
     device = torch.device(device)
     if image_format == "jpeg":
-        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        decoded = decode_jpeg_rgb(encoded, device)
     elif image_format == "raw" and isinstance(encoded, torch.Tensor):   # one copy for a uniform batch
         (h, w), = set(map(tuple, orig_hw))
         decoded = encoded.to(device, non_blocking=True).view(-1, h, w, 3).permute(0, 3, 1, 2)
@@ -376,12 +375,6 @@ def _undecodable(collated: dict, device: torch.device) -> str:
             except RuntimeError:
                 return where
     return ", ".join(collated["where"])
-
-
-def decode_jpeg_rgb(encoded: torch.Tensor, device: torch.device) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
 
 def sample_key(key: int | tuple) -> tuple[int, int, int | None]:

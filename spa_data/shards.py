@@ -25,11 +25,13 @@ import numpy as np
 
 from spa_common.errors import ParamError, SpaError
 from spa_common.hashing import sha256_bytes, sha256_file
-from spa_common.io import atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, remove_quietly
-from spa_common.jsonio import read_json
+from spa_common.io import (atomic_write, check_apart, directory_lock, foreign_entries, is_temporary, lock_holder,
+                           refuse_foreign, remove_quietly, temporary_target)
+from spa_common.jsonio import read_json, read_json_or_none
 from spa_data.geometry import Geometry, GeometrySpec
 from spa_data.images import UnreadableImage, jpeg_problem, read_image
 from spa_data.labels import selection_labels
+from spa_data.records import fits_image_id
 from spa_data.workers import process_pool
 
 SCHEMA = "spa-shards"
@@ -39,9 +41,8 @@ JOURNAL = ".labels-journal.jsonl"   # {"file", "sha256"} of each shard as it is 
 LOCK = ".labels.lock"
 SUBSET_FILES = ("summary.json", "manifest.jsonl", "annotations.jsonl")
 ON_BAD_IMAGE = ("error", "skip")
-INT64 = (-(2**63), 2**63)
-_OUTPUT_NAME = re.compile(r"shard-\d{5,}\.h5|\.shard-\d{5,}\.h5\.tmp-\d+|index\.json|\.index\.json\.tmp-\d+"
-                          r"|\.labels-journal\.jsonl|\.labels\.lock")
+_OUTPUT_NAME = re.compile(r"shard-\d{5,}\.h5|index\.json|\.labels-journal\.jsonl|\.labels\.lock")
+_WRITTEN_ATOMICALLY = re.compile(r"shard-\d{5,}\.h5|index\.json")   # their temporaries are ours too
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -158,15 +159,13 @@ def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size
 
 def shard_dir_owned(path: Path) -> Optional[str]:
     """None when ``path`` holds only what `spa-data labels` writes (its index.json a spa-shards index), else why not."""
-    foreign = foreign_entries(path, lambda p: _OUTPUT_NAME.fullmatch(p.name) is not None)
+    foreign = foreign_entries(path, lambda p: _OUTPUT_NAME.fullmatch(p.name) is not None
+                              or (is_temporary(p) and _WRITTEN_ATOMICALLY.fullmatch(temporary_target(p)) is not None))
     if foreign:
         return f"holds {foreign[0]}, which `spa-data labels` did not write"
     if (path / INDEX).is_file():
-        try:
-            schema = json.loads((path / INDEX).read_text()).get("schema")
-        except (OSError, ValueError, AttributeError):
-            schema = None
-        if schema != SCHEMA:
+        index = read_json_or_none(path / INDEX)
+        if not isinstance(index, dict) or index.get("schema") != SCHEMA:
             return f"its {INDEX} is not a {SCHEMA} index"
     return None
 
@@ -189,10 +188,7 @@ def write_shards(subset_dir: Path, out_dir: Optional[Path] = None, *, strides: S
     check_apart(out_dir, Path(jobs[0].root), "dataset root")
     if out_dir.resolve() == subset_dir.resolve():
         raise SpaError(f"{out_dir}: is the subset directory itself; shards need a directory of their own")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        reason = shard_dir_owned(out_dir)
-        if reason is not None:
-            raise SpaError(f"{out_dir}: not empty and {reason}; refusing to write shards there")
+    refuse_foreign(out_dir, shard_dir_owned, "write shards there")
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,10 +261,10 @@ def _write_job(job: ShardJob) -> tuple[ShardJob, dict]:
 def _recorded_digests(out_dir: Path) -> dict[str, str]:
     """{shard file: sha256 when written}, from the last finished run's index.json and this run's journal."""
     recorded = {}
+    index = read_json_or_none(out_dir / INDEX)
     try:
-        index = json.loads((out_dir / INDEX).read_text())
         recorded.update({e["file"]: e["sha256"] for e in index["shards"]})
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):   # no index (None), or not one this tool wrote
         pass
     try:
         lines = (out_dir / JOURNAL).read_text(encoding="utf-8").splitlines()
@@ -325,9 +321,10 @@ def _finished_entry(job: ShardJob, recorded_sha256: Optional[str]) -> Optional[d
 def write_shard(job: ShardJob) -> dict:
     """Build one shard in memory, write it under a temporary name (fsynced), rename it into place."""
     samples, skipped = [], []
+    geometry = Geometry.from_json(job.header["geometry"])
     for n, (m, a) in enumerate(zip(job.manifest, job.annotations)):
         try:
-            samples.append(_make_sample(job, job.first + n, m, a))
+            samples.append(_make_sample(job, geometry, job.first + n, m, a))
         except UnreadableImage as e:
             if job.on_bad_image != "skip":
                 raise
@@ -346,7 +343,7 @@ def write_shard(job: ShardJob) -> dict:
             "has_masks": has_masks, "skipped": skipped}
 
 
-def _make_sample(job: ShardJob, line: int, manifest_line: str, annotation_line: str) -> dict:
+def _make_sample(job: ShardJob, geometry: Geometry, line: int, manifest_line: str, annotation_line: str) -> dict:
     subset = Path(job.subset_dir)
     try:
         entry, ann = json.loads(manifest_line), json.loads(annotation_line)
@@ -355,14 +352,13 @@ def _make_sample(job: ShardJob, line: int, manifest_line: str, annotation_line: 
     except (ValueError, KeyError, TypeError) as e:
         raise SpaError(f"{subset}: manifest.jsonl / annotations.jsonl line {line + 1}: not a subset entry "
                        f"({type(e).__name__}: {e})") from None
-    if not (isinstance(image_id, str) or (type(image_id) is int and INT64[0] <= image_id < INT64[1])):
+    if not fits_image_id(image_id):
         raise SpaError(f"{subset / 'manifest.jsonl'}: line {line + 1}: image id {image_id!r} is neither a string "
                        "nor a 64-bit integer")
     if ann.get("image_id") != image_id:
         raise SpaError(f"{subset / 'annotations.jsonl'}: image {image_id!r}: annotations.jsonl has "
                        f"{ann.get('image_id')!r} on that line")
     header = job.header
-    geometry = Geometry.from_json(header["geometry"])
     layout = geometry.layout(width, height)
     image = read_image(Path(job.root) / file, entry, header["image_format"])
     select = selection_labels(objects, width, height, layout, geometry.strides,

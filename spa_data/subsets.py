@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 from spa_common.errors import ParamError, SpaError
 from spa_common.hashing import sha256_file
 from spa_common.io import check_apart, foreign_entries, staged_dir
-from spa_common.jsonio import read_json
+from spa_common.jsonio import read_json, read_json_or_none
 from spa_data import __version__
 from spa_data.ratio import object_pixel_ratio
 from spa_data.recipes import Recipe
@@ -472,10 +472,8 @@ def subset_owned(out: Path) -> Optional[str]:
     holds nothing else but its shards), else why it is not."""
     from spa_data.shards import shard_dir_owned
 
-    try:
-        tool = json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("tool")
-    except (OSError, ValueError, AttributeError):
-        tool = None
+    summary = read_json_or_none(out / SUMMARY)
+    tool = summary.get("tool") if isinstance(summary, dict) else None
     if tool != "spa-data":
         return f"not a `spa-data build` output (no {SUMMARY} written by spa-data)"
     foreign = foreign_entries(out, lambda p: p.name in OUTPUTS or (p.name == "shards" and p.is_dir()

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BudgetPolicy", "TokenBudget", "update_token_budgets"]
+__all__ = ["BudgetPolicy", "TokenBudget", "token_budgets", "update_token_budgets"]
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,20 @@ class TokenBudget(nn.Module):
         return f"share={self.value:.4g}, learned={self.learned}"
 
 
-def update_token_budgets(model: nn.Module, policy: BudgetPolicy = BudgetPolicy()) -> bool:
-    """Call once per optimizer step in a training loop; True when a budget changed (a new shape:
-    torch.compile recompiles). Does nothing for models without learned budgets."""
+def token_budgets(model: nn.Module) -> list[TokenBudget]:
+    """The model's learned and fixed token budgets, in module order."""
+    return [module for module in model.modules() if isinstance(module, TokenBudget)]
+
+
+_DEFAULT_POLICY = BudgetPolicy()
+
+
+def update_token_budgets(model: nn.Module | Iterable[TokenBudget], policy: BudgetPolicy = _DEFAULT_POLICY) -> bool:
+    """Call once per optimizer step in a training loop (with the model, or with its
+    :func:`token_budgets` found once); True when a budget changed (a new shape: torch.compile
+    recompiles). Does nothing for models without learned budgets."""
+    budgets = token_budgets(model) if isinstance(model, nn.Module) else model
     changed = False
-    for module in model.modules():
-        if isinstance(module, TokenBudget):
-            changed |= module.update(policy)
+    for budget in budgets:
+        changed |= budget.update(policy)
     return changed

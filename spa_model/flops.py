@@ -181,26 +181,34 @@ def _image_containers(model: SwinTransformer, output: FeatureOutput, batch_grids
     sites = [(stage_index, stage.window, block) for stage_index, stage in enumerate(model.stages)
              for block in stage.blocks if isinstance(block, SpaBlock)]
     batch = output.features[0].shape[0]
-    result = []
-    for (stage_index, window, block), selection in zip(sites, output.blocks):
+    result: list[list[float] | None] = []
+    on_device: dict[int, torch.Tensor] = {}   # per-block counts read in one transfer at the end
+    inside_of: dict[tuple[int, bool], torch.Tensor] = {}   # tokens inside each image's own grid, per stage grid
+    for index, ((stage_index, window, block), selection) in enumerate(zip(sites, output.blocks)):
         plan, length = selection.plan, selection.plan.container_len
         if own is None:
-            result.append(((plan.placed + length - 1) // length).tolist() if plan.per_image
-                          else [float(plan.containers_used) / batch] * batch)
+            if plan.per_image:
+                on_device[index] = (plan.placed + length - 1) // length
+            result.append(None if plan.per_image else [float(plan.containers_used) / batch] * batch)
             continue
         if model.selector.keeps_padding:
             tokens = [_padded_tokens(*grids[stage_index], window) for grids in own]
             result.append([-(-n // length) if plan.per_image else n / length for n in tokens])
             continue
-        height, width = batch_grids[stage_index]
-        device = plan.token_slot.device
-        grid = WindowGrid.cached(height, width, window=window, shift=window // 2 if block.shifted else 0,
-                                 device=device)
-        sizes = torch.tensor([grids[stage_index] for grids in own], device=device)
-        rows, cols = grid.token_pixel // width, grid.token_pixel % width
-        inside = grid.token_is_real & (rows < sizes[:, :1]) & (cols < sizes[:, 1:])
-        placed = ((plan.token_slot < plan.num_slots).view(batch, -1) & inside).sum(1)
-        result.append(((placed + length - 1) // length).tolist() if plan.per_image else (placed / length).tolist())
+        if (stage_index, block.shifted) not in inside_of:
+            height, width = batch_grids[stage_index]
+            device = plan.token_slot.device
+            grid = WindowGrid.cached(height, width, window=window, shift=window // 2 if block.shifted else 0,
+                                     device=device)
+            sizes = torch.tensor([grids[stage_index] for grids in own], device=device)
+            rows, cols = grid.token_pixel // width, grid.token_pixel % width
+            inside_of[stage_index, block.shifted] = grid.token_is_real & (rows < sizes[:, :1]) & (cols < sizes[:, 1:])
+        placed = ((plan.token_slot < plan.num_slots).view(batch, -1) & inside_of[stage_index, block.shifted]).sum(1)
+        on_device[index] = (placed + length - 1) // length if plan.per_image else placed / length
+        result.append(None)
+    if on_device:
+        for index, counts in zip(on_device, torch.stack([c.double() for c in on_device.values()]).tolist()):
+            result[index] = counts
     return result
 
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from .packed_attention import token_positions
+
 __all__ = ["WindowGrid", "TableCache", "window_partition", "window_reverse", "relative_position_index",
            "WindowAttention", "autocast_input", "Mlp", "SwinBlock", "PatchMerging", "PatchEmbed"]
 
@@ -97,7 +99,7 @@ class WindowGrid:
     @property
     def positions(self) -> Tensor:
         """(N, 3) int32 (region, row, col) of each window-major token: what packed attention reads."""
-        return self._derive("positions", lambda: torch.cat([self.region[:, None], self.coords], 1).to(torch.int32))
+        return self._derive("positions", lambda: token_positions(region=self.region, coords=self.coords))
 
     @property
     def is_shifted(self) -> bool:

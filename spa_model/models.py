@@ -46,7 +46,7 @@ from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowAttention, Window
 from .budget import TokenBudget
 from .packed_attention import packed_attention, scatter_add_rows, slot_rows
 from .packing import PackPlan, max_containers, plan_packing
-from .selection import SELECTORS, AllSelector, SelectionState, build_selector, prior_logit
+from .selection import AllSelector, SelectionState, build_selector, prior_logit, selector_class
 
 __all__ = ["SpaConfig", "SwinConfig", "FeatureOutput", "BlockSelection", "SpaBlockSite", "ModelContract", "SpaBlock",
            "SwinStage", "SwinTransformer", "register_model", "create_model", "list_models"]
@@ -71,8 +71,7 @@ class SpaConfig:
     backend: str = "auto"                     # packed attention kernel
 
     def __post_init__(self):
-        if self.selector not in SELECTORS:
-            raise ValueError(f"unknown selector {self.selector!r}; expected one of {', '.join(SELECTORS)}")
+        selector_class(self.selector)  # an unknown name fails here, at configuration
         if isinstance(self.capacity, str) and self.capacity not in ("auto", "exact"):
             raise ValueError(f"capacity {self.capacity!r}: expected 'auto', 'exact' or a share in (0, 1]")
         if not isinstance(self.capacity, str) and not 0 < float(self.capacity) <= 1:
@@ -200,7 +199,7 @@ class SpaBlock(SwinBlock):
             keep = grid.token_is_real.new_ones(()).expand(x.shape[0], grid.token_pixel.shape[0])
         plan = plan_packing(keep, container_len=self.container_len, per_image=self.spa.per_image_containers,
                             capacity=self._capacity(grid, x.shape[0], selector.keeps_padding))
-        if self.training and self.budget is not None:
+        if self.training and self.budget is not None and not selector.keeps_padding:  # "all" never reads it
             self.budget.observe(plan.selected, grid.height * grid.width)
         selection.blocks.append(BlockSelection(plan, grid.height * grid.width,
                                                grid.num_padding if selector.keeps_padding else 0))

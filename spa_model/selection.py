@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Selection", "Selector", "GumbelSelector", "TopKSelector", "OracleSelector", "AllSelector",
-           "SELECTORS", "build_selector", "SelectionState", "gumbel_sigmoid", "prior_logit", "labels_on_grid",
+           "SELECTORS", "selector_class", "build_selector", "SelectionState", "gumbel_sigmoid", "prior_logit", "labels_on_grid",
            "selection_loss"]
 
 
@@ -136,12 +136,17 @@ SELECTORS: Mapping[str, type] = {
 }
 
 
+def selector_class(name: str) -> type:
+    """The selector class registered as ``name``; a ValueError naming the known ones otherwise."""
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; expected one of {', '.join(SELECTORS)}")
+    return SELECTORS[name]
+
+
 def build_selector(name: str, settings: Any) -> Selector:
     """The selector registered as ``name``, its fields read from ``settings`` (a ``SpaConfig``, whose
     fields of the same names are the selectors' settings)."""
-    if name not in SELECTORS:
-        raise ValueError(f"unknown selector {name!r}; expected one of {', '.join(SELECTORS)}")
-    cls = SELECTORS[name]
+    cls = selector_class(name)
     return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 

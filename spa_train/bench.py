@@ -23,7 +23,7 @@ from spa_common.errors import SpaError
 from spa_train.runtime import autocast, peak_memory_mb, reset_peak_memory, resolve_device, synchronize, use_amp
 from spa_train.tasks import backbone_options
 
-__all__ = ["scattered_objects", "labels_from_masks", "settle_budgets", "bench_model"]
+__all__ = ["scattered_objects", "labels_from_masks", "settle_budgets", "selection_summary", "bench_model"]
 
 
 def scattered_objects(batch: int, height: int, width: int, *, share: float = 0.25, seed: int = 0,
@@ -112,11 +112,7 @@ def bench_model(name: str, *, size: tuple[int, int] = (224, 224), batch: int = 3
                               "device": str(torch_device), "amp_bf16": amp_on, "share": share}
     with torch.no_grad(), autocast(torch_device, amp_on):
         output = model.forward_features(images, labels)
-        result["gmacs_per_image"] = spa_model.count_flops(model, output).total / 1e9
-        if output.blocks:
-            selected = sum(float(b.selected.sum()) for b in output.blocks)
-            result["select_ratio"] = float(torch.stack(output.select_ratios).mean())
-            result["dropped_share"] = sum(float(d) for d in output.dropped) / max(selected, 1)
+        result.update(selection_summary(model, output))
         result["infer_img_s"] = batch / _timed(lambda: model.forward_features(images, labels), steps=steps,
                                                warmup=warmup, device=torch_device)
         if torch_device.type == "cuda":
@@ -139,6 +135,19 @@ def bench_model(name: str, *, size: tuple[int, int] = (224, 224), batch: int = 3
     result["train_img_s"] = batch / _timed(train_step, steps=steps, warmup=warmup, device=torch_device)
     result["train_peak_mem_mb"] = peak_memory_mb(torch_device)
     return result
+
+
+def selection_summary(model: torch.nn.Module, output) -> dict[str, float]:
+    """GMACs per image of a forward's ``output`` and, for SPT, its select ratio (mean over SPA blocks)
+    and the share of the selected tokens its budgets dropped."""
+    import spa_model
+
+    summary = {"gmacs_per_image": spa_model.count_flops(model, output).total / 1e9}
+    if output.blocks:
+        selected = sum(float(b.selected.sum()) for b in output.blocks)
+        summary["select_ratio"] = float(torch.stack(output.select_ratios).mean())
+        summary["dropped_share"] = sum(float(d) for d in output.dropped) / max(selected, 1)
+    return summary
 
 
 def _timed(fn, *, steps: int, warmup: int, device: torch.device) -> float:

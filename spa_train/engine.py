@@ -47,7 +47,7 @@ from spa_train.plots import plot_curves
 from spa_train.runtime import (autocast, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything,
                                synchronize, use_amp)
 from spa_train.tasks import TASKS, build_task_model
-from spa_model.budget import update_token_budgets
+from spa_model.budget import token_budgets, update_token_budgets
 
 
 @dataclass
@@ -130,6 +130,7 @@ class Trainer:
             for line in load_pretrained(model.backbone, config.pretrained).lines():
                 self._say(line)
         model.to(self.device)
+        self.budgets = token_budgets(model)   # found once, updated after every optimizer step
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.position = Position()
@@ -301,7 +302,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        update_token_budgets(unwrap_model(self.model))
+        update_token_budgets(self.budgets)
         self.position.step += 1
 
     def _read_steps(self, steps: "StepLog") -> dict[str, float]:

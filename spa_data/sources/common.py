@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from spa_common.errors import SpaError
-from spa_data.records import Box
+from spa_data.records import Box, check_image_id  # noqa: F401  (re-exported for the readers)
 
 # Reasons counted in ImageRecord.skipped. "box_clipped" objects are KEPT (with the
 # clipped box); every other reason means the object or polygon part was dropped.
@@ -38,13 +38,6 @@ def check_image_size(width: Any, height: Any, where: str) -> tuple[int, int]:
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or (w, h) != (width, height):
         raise SpaError(f"{where}: image size {width!r} x {height!r} is not two integers from 1 to {MAX_SIDE}")
     return w, h
-
-
-def check_image_id(image_id: Any, where: str) -> Any:
-    """A string, or an integer that fits 64 bits (what the shards store), else a SpaError naming ``where``."""
-    if isinstance(image_id, str) or (type(image_id) is int and -2**63 <= image_id < 2**63):
-        return image_id
-    raise SpaError(f"{where}: image id {image_id!r} is neither a string nor an integer within 64 bits")
 
 
 def require_dir(path: Path, what: str) -> Path:
