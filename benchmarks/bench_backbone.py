@@ -9,7 +9,8 @@ ellipses of varied size at unaligned positions, about 25% of the stride-16 cells
 their labels by the loader's rule, with the gate evaluated: ``gt`` selects the labels, ``topk``
 the gate's top 25%. SPT runs its *default* capacity (a learned static budget, settled first on other
 batches as training leaves it) beside a hand-*tuned* fixed budget (the smallest that holds the
-selection) and, eager, the ``exact`` capacity. Modes: ``eager``; ``compiled`` (torch.compile);
+selection), in eager modes the same default without the fused row kernels (``fuse_rows=False``)
+and, eager, the ``exact`` capacity. Modes: ``eager``; ``compiled`` (torch.compile);
 ``cudagraphs`` (torch.compile with mode reduce-overhead); ``graphs`` (inference through CUDA graphs
 without compiling: ``spa_model.cuda_graphs`` for our models, the same capture by hand for
 torchvision's). Inference is the backbone's features (the paper's FPS); a training step is forward,
@@ -119,6 +120,8 @@ def variants(models: str, phase: str, mode: str, share: float) -> dict[str, dict
             "spt_t_gt": dict(name="spt_tiny", selector="gt", settle=True),
             "spt_t_gt_tuned": dict(name="spt_tiny", selector="gt", tuned=True),
             "spt_t_topk": dict(name="spt_tiny", settle=True, **topk)}
+    if mode in ("eager", "graphs"):  # the row kernels run in eager mode only; under compile Inductor fuses
+        tiny["spt_t_gt_unfused"] = dict(name="spt_tiny", selector="gt", settle=True, fuse_rows=False)
     if mode == "eager":
         tiny["spt_t_gt_exact"] = dict(name="spt_tiny", selector="gt", capacity="exact")
     small = {"swin_s": dict(name="swin_small"), "spt_s_gt": dict(name="spt_small", selector="gt", settle=True),

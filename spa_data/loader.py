@@ -8,8 +8,9 @@ Two paths to a batch:
 - CPU: each worker decodes, resizes and pads its samples; the collate pads and normalises.
 - CUDA: workers return the stored bytes (JPEG or raw pixels) plus the labels; the main
   process decodes the whole batch with nvJPEG (``decode_jpeg(list, device="cuda")``),
-  resizes same-sized images together, pads, flips and normalises on the GPU, one batch
-  ahead on a side stream. Collated tensors come from pinned memory with non_blocking copies.
+  resizes same-sized images together, pads, flips and normalises on the GPU, on a side stream
+  in a helper thread, two batches ahead (so decoding overlaps the training step instead of adding
+  to it). Collated tensors come from pinned memory with non_blocking copies.
 
 Horizontal flip mirrors the image, boxes, masks and every grid about the vertical axis
 of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * max_stride``
@@ -28,10 +29,12 @@ import atexit
 import functools
 import hashlib
 import math
+import queue
 import signal
 import struct
+import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -425,11 +428,13 @@ class EpochKeys(Sampler):
 
 @dataclass
 class ShardLoader:
-    """Iterates batches already on ``device``; on CUDA one batch is prepared ahead on a side stream."""
+    """Iterates batches already on ``device``; on CUDA a helper thread finishes them ahead (see
+    :func:`_prefetched`)."""
 
     loader: DataLoader
     device: torch.device
     prefetch: bool = True
+    _running: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -440,30 +445,73 @@ class ShardLoader:
         return sampler.sampler if isinstance(sampler, EpochKeys) else sampler
 
     def close(self) -> None:
-        """Shut the worker processes down now."""
+        """Stop the helper threads and shut the worker processes down now."""
+        for batches in list(self._running):
+            batches.close()
         close_workers(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.device.type != "cuda" or not self.prefetch:
-            for collated in self.loader:
-                yield finish_batch(collated, self.device)
-            return
-        stream = torch.cuda.Stream(self.device)
-        pending = None
-        for collated in self.loader:
-            with torch.cuda.stream(stream):
-                ready = finish_batch(collated, self.device)
-            if pending is not None:
-                yield _handoff(pending, stream)
-            pending = ready
-        if pending is not None:
-            yield _handoff(pending, stream)
+            return (finish_batch(collated, self.device) for collated in self.loader)
+        batches = _prefetched(self.loader, self.device)
+        self._running.add(batches)
+        _RUNNING_PASSES.add(batches)
+        atexit.unregister(_close_open_loaders)   # registered once, after torch's exit hook
+        atexit.register(_close_open_loaders)
+        return batches
 
 
-def _handoff(batch: Batch, stream) -> Batch:
+_END = object()
+_RUNNING_PASSES: weakref.WeakSet = weakref.WeakSet()   # every running helper thread's pass, stopped at exit
+
+
+def _prefetched(loader: DataLoader, device: torch.device, depth: int = 2) -> Iterator[Batch]:
+    """The loader's batches finished (decoded, resized, normalised) by a helper thread on a side
+    stream, up to ``depth`` ahead. Decoding holds the host (nvJPEG's host stage and stream waits): on
+    the training thread that time adds to every step; on its own thread it overlaps the step."""
+    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    stream = torch.cuda.Stream(device)
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.cuda.device(device), torch.cuda.stream(stream):
+                for collated in loader:
+                    batch = finish_batch(collated, device)
+                    finished = torch.cuda.Event()
+                    finished.record(stream)
+                    if not offer((batch, finished)):
+                        return
+            offer(_END)
+        except BaseException as error:  # raised on the consuming thread
+            offer(error)
+
+    producer = threading.Thread(target=produce, name="spa-batches", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield _handoff(*item)
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _handoff(batch: Batch, finished: torch.cuda.Event) -> Batch:
     """Make the current stream wait for ``batch`` and keep its memory alive on it."""
-    current = torch.cuda.current_stream(stream.device)
-    current.wait_stream(stream)
+    current = torch.cuda.current_stream(batch.images.device)
+    current.wait_event(finished)
     for t in _tensors(batch):
         t.record_stream(current)
     return batch
@@ -536,6 +584,8 @@ def _close_at_exit(loader: DataLoader) -> None:
 
 
 def _close_open_loaders() -> None:
+    for batches in list(_RUNNING_PASSES):   # helper threads first: they may be reading from the workers
+        batches.close()
     for loader in list(_OPEN_LOADERS):
         close_workers(loader)
 

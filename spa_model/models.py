@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from .layers import PatchEmbed, PatchMerging, SwinBlock, WindowAttention, WindowGrid
 from .budget import TokenBudget
-from .packed_attention import packed_attention, scatter_add_rows, slot_rows
+from .packed_attention import packed_attention, scatter_add_rows, slot_rows, triton_usable
 from .packing import PackPlan, max_containers, plan_packing
 from .selection import AllSelector, SelectionState, build_selector, prior_logit, selector_class
 
@@ -69,6 +69,7 @@ class SpaConfig:
     capacity: str | float = "auto"            # "auto": learned static budget | r: fixed budget | "exact"
     relative_position: bool = True            # Swin's bias (clamped offsets) inside containers
     backend: str = "auto"                     # packed attention kernel
+    fuse_rows: bool = True                    # eager CUDA, Triton attention: plan, gather, scatter as Triton kernels
 
     def __post_init__(self):
         selector_class(self.selector)  # an unknown name fails here, at configuration
@@ -182,7 +183,7 @@ class SpaBlock(SwinBlock):
     def forward(self, x: Tensor, grid: WindowGrid, selection: SelectionState) -> Tensor:
         tokens = self.norm1(x)
         selector = selection.selector
-        gate = None
+        gate = keep_pixels = None
         if selector.uses_gate:
             scores = self.gate(tokens).squeeze(-1)
             if selection.s_up is not None:
@@ -192,57 +193,77 @@ class SpaBlock(SwinBlock):
             if chosen.weight is not None:  # straight-through: 1/0 forward, gradient to the gate
                 gate = gate * chosen.weight.to(gate.dtype)
             selection.record_scores(selection.stride, scores)
-            keep = chosen.keep.flatten(1).index_select(1, grid.token_pixel)        # (B, N) window-major
-            if grid.is_padded:
-                keep = keep & grid.token_is_real
+            keep_pixels = chosen.keep.flatten(1)                                     # (B, H*W)
+        capacity = self._capacity(grid, x.shape[0], selector.keeps_padding)
+        fused = (keep_pixels is not None and capacity is not None and x.shape[0] > 0 and _fused_rows(x, self.spa))
+        if fused:
+            from .triton_rows import plan_rows
+
+            plan, rows, holds_token = plan_rows(keep_pixels, grid.token_pixel, grid.token_is_padding,
+                                                container_len=self.container_len, capacity=capacity)
         else:
-            keep = grid.token_is_real.new_ones(()).expand(x.shape[0], grid.token_pixel.shape[0])
-        plan = plan_packing(keep, container_len=self.container_len, per_image=self.spa.per_image_containers,
-                            capacity=self._capacity(grid, x.shape[0], selector.keeps_padding))
+            plan = plan_packing(_window_major(keep_pixels, grid, x.shape[0]), container_len=self.container_len,
+                                per_image=self.spa.per_image_containers, capacity=capacity)
+            rows, holds_token = slot_rows(plan, *grid.token_rows(x.shape[0], plan.num_slots))
         if self.training and self.budget is not None and not selector.keeps_padding:  # "all" never reads it
             self.budget.observe(plan.selected, grid.height * grid.width)
         selection.blocks.append(BlockSelection(plan, grid.height * grid.width,
                                                grid.num_padding if selector.keeps_padding else 0))
-        x = self._add_attention(x, tokens, gate, plan, grid)
+        x = self._add_attention(x, tokens, gate, plan, rows, holds_token, grid, fused=fused)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def _add_attention(self, x: Tensor, tokens: Tensor, gate: Tensor | None, plan: PackPlan,
-                       grid: WindowGrid) -> Tensor:
+    def _add_attention(self, x: Tensor, tokens: Tensor, gate: Tensor | None, plan: PackPlan, rows: Tensor,
+                       holds_token: Tensor, grid: WindowGrid, *, fused: bool) -> Tensor:
         """x + drop_path(packed attention of the planned ``tokens``, scaled by ``gate``).
 
         The functional core of :mod:`spa_model.packed_attention`, reading and writing the (B, H, W)
-        maps through the grid's index tables (no pad / roll / window partition copies); the gate
+        maps through the slots' source ``rows`` (no pad / roll / window partition copies); the gate
         scales the packed rows only (r_g = gate * r matters only where attention reads it); unkept
         tokens keep their residual as it is. Same values as Swin's window path: tokens are still
         ordered window-major, and kept window padding reads zeros (Swin pads after norm1).
+        ``fused``: the gather and the scatter run as the Triton kernels of :mod:`spa_model.triton_rows`.
         """
         batch, channels = tokens.shape[0], tokens.shape[-1]
-        token_rows, spread = grid.token_rows(batch, plan.num_slots)
-        rows, holds_token = slot_rows(plan, token_rows, spread)
-        packed = tokens.reshape(-1, channels).index_select(0, rows)
-        if gate is not None:
-            packed = packed * gate.reshape(-1, 1).index_select(0, rows)
-        elif grid.is_padded:  # the "all" selector keeps padding: zeros, as Swin pads after norm1
-            packed = torch.where(holds_token[:, None], packed, 0)
+        pixels = grid.height * grid.width
+        if fused:
+            from .triton_rows import gather_gated, scatter_add_weighted
+
+            amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+            packed = gather_gated(tokens.reshape(-1, channels), gate.reshape(-1), rows, holds_token, dtype=amp)
+        else:
+            packed = tokens.reshape(-1, channels).index_select(0, rows)
+            if gate is not None:
+                packed = packed * gate.reshape(-1, 1).index_select(0, rows)
+            elif grid.is_padded:  # the "all" selector keeps padding: zeros, as Swin pads after norm1
+                packed = torch.where(holds_token[:, None], packed, 0)
         qkv = F.linear(packed, self.attn.qkv.weight, self.attn.qkv.bias)
         attended = packed_attention(
             qkv, plan, positions=grid.positions, num_heads=self.attn.num_heads,
             rel_pos_table=self.attn.relative_position_bias_table if self.spa.relative_position else None,
             window=grid.window, backend=self.spa.backend)
         out = F.linear(attended, self.attn.proj.weight, self.attn.proj.bias)
-        weight = self._slot_weight(rows, holds_token, batch, grid.height * grid.width, x.dtype)
-        x = scatter_add_rows(x.reshape(-1, x.shape[-1]), out, rows, weight)
+        residual = x.reshape(-1, x.shape[-1])
+        if fused:
+            x = scatter_add_weighted(residual, out, rows, holds_token, pixels=pixels,
+                                     image_scale=self._image_scale(batch, torch.float32, x.device))
+        else:
+            x = scatter_add_rows(residual, out, rows, self._slot_weight(rows, holds_token, batch, pixels, x.dtype))
         return x.view(batch, grid.height, grid.width, -1)
 
-    def _slot_weight(self, rows: Tensor, holds_token: Tensor, batch: int, pixels: int, dtype: torch.dtype) -> Tensor:
-        """Each slot's weight in the residual sum: 0 without a token; in training, the block's row-mode
-        stochastic depth (torchvision's: kept with probability 1 - p, scaled by 1 / (1 - p)), drawn per image."""
+    def _image_scale(self, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+        """In training, the block's row-mode stochastic depth (torchvision's: kept with probability
+        1 - p, scaled by 1 / (1 - p)), drawn per image; None where it is the identity."""
         if not self.training or self.drop_path.p == 0.0:
-            return holds_token.to(dtype)
+            return None
         survival = 1.0 - self.drop_path.p
-        image_scale = torch.empty(batch, dtype=dtype, device=rows.device).bernoulli_(survival)
-        if survival > 0:
-            image_scale.div_(survival)
+        image_scale = torch.empty(batch, dtype=dtype, device=device).bernoulli_(survival)
+        return image_scale.div_(survival) if survival > 0 else image_scale
+
+    def _slot_weight(self, rows: Tensor, holds_token: Tensor, batch: int, pixels: int, dtype: torch.dtype) -> Tensor:
+        """Each slot's weight in the residual sum: 0 without a token, else its image's drop-path scale."""
+        image_scale = self._image_scale(batch, dtype, rows.device)
+        if image_scale is None:
+            return holds_token.to(dtype)
         return torch.where(holds_token, image_scale[rows // pixels], 0)
 
     def _capacity(self, grid: WindowGrid, batch: int, keeps_padding: bool) -> int | None:
@@ -255,6 +276,23 @@ class SpaBlock(SwinBlock):
             return most
         return min(most, self.budget.containers(grid.height * grid.width, container_len=length,
                                                 batch=None if per_image else batch))
+
+
+def _window_major(keep_pixels: Tensor | None, grid: WindowGrid, batch: int) -> Tensor:
+    """(B, N) bool selection in the grid's window-major token order; None (the "all" selector): every
+    token, window padding included."""
+    if keep_pixels is None:
+        return grid.token_is_real.new_ones(()).expand(batch, grid.token_pixel.shape[0])
+    keep = keep_pixels.index_select(1, grid.token_pixel)
+    return keep & grid.token_is_real if grid.is_padded else keep
+
+
+def _fused_rows(x: Tensor, spa: SpaConfig) -> bool:
+    """Whether the Triton row kernels (:mod:`spa_model.triton_rows`) run: asked for, per-image
+    containers, in eager mode (under torch.compile Inductor fuses the torch ops of the same path),
+    where packed attention runs Triton."""
+    return (spa.fuse_rows and spa.per_image_containers and spa.backend in ("auto", "triton")
+            and not torch.compiler.is_compiling() and triton_usable(x))
 
 
 class SwinStage(nn.Module):

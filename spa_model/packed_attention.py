@@ -53,7 +53,7 @@ from torch import Tensor
 from .packing import PackPlan, plan_packing
 
 __all__ = ["select_pack_attention", "packed_attention", "slot_rows", "scatter_add_rows", "token_positions",
-           "SlotGeometry", "slot_geometry", "container_attention_mask"]
+           "SlotGeometry", "slot_geometry", "container_attention_mask", "triton_usable"]
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ def _attend_triton(qkv: Tensor, plan: PackPlan, **kwargs) -> Tensor:
 _TRITON_FAILED = False  # set once a Triton launch raised; "auto" then stays on sdpa
 
 
-def _triton_usable(qkv: Tensor) -> bool:
+def triton_usable(qkv: Tensor) -> bool:
+    """Whether the Triton kernels can run on this tensor (CUDA, a float dtype they take, Triton there)."""
     if _TRITON_FAILED or qkv.device.type != "cuda" or qkv.dtype not in (torch.float16, torch.bfloat16,
                                                                         torch.float32):
         return False
@@ -146,7 +147,7 @@ def _triton_usable(qkv: Tensor) -> bool:
 
 def _attend_auto(qkv: Tensor, plan: PackPlan, **kwargs) -> Tensor:
     global _TRITON_FAILED
-    if _triton_usable(qkv):
+    if triton_usable(qkv):
         try:
             return _attend_triton(qkv, plan, **kwargs)
         except Exception as error:  # a kernel that fails to compile must not stop training

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,21 @@ def demo_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     write_demo_data(out)
     return out
+
+
+@pytest.fixture
+def run_interpreted():
+    """``run_interpreted(__file__)``: run a test module's ``__main__`` checks in a fresh process with
+    Triton's interpreter (chosen at import, hence the process), its Triton kernels on the CPU."""
+    pytest.importorskip("triton")
+
+    def run(path: str) -> None:
+        search = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
+        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=search)
+        result = subprocess.run([sys.executable, path], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    return run
 
 
 def pytest_collection_modifyitems(config, items):

@@ -157,6 +157,24 @@ def test_gpu_path_matches_cpu_path(shard_dirs):
                 torch.testing.assert_close(x.select[s], y.select[s].cpu())
 
 
+@pytest.mark.gpu
+def test_gpu_batches_come_from_a_helper_thread_that_stops_with_its_iteration(shard_dirs):
+    import threading
+
+    ds = ShardDataset(shard_dirs["coco-s"])
+    loader = make_loader(ds, batch_size=2, num_workers=2, device="cuda")
+    first = iter(loader)
+    next(first)
+    assert any(t.name == "spa-batches" for t in threading.enumerate())
+    del first                                   # left after one batch: its thread stops
+    seen = [i for batch in loader for i in batch.image_ids]   # a fresh pass sees every sample, in order
+    assert seen == list(ds.image_ids)
+    third = iter(loader)
+    next(third)
+    loader.close()                              # stops the running pass's thread, then the workers
+    assert not any(t.name == "spa-batches" for t in threading.enumerate())
+
+
 def test_batched_decode_path_equals_per_sample_path(shard_dirs):
     """The GPU path's code (workers return stored bytes, the batch is decoded together) run on the CPU."""
     from spa_data.loader import Collate, finish_batch

@@ -6,18 +6,12 @@ relative-position index and shift mask (`_reference_swin_window_attention`).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from spa_model.packed_attention import select_pack_attention
 from spa_model.packing import max_containers, plan_packing
 
-REPO = Path(__file__).resolve().parents[1]
 F64 = torch.float64
 
 
@@ -348,12 +342,8 @@ def _check_backend(backend: str, device: str, dtype: torch.dtype, tolerance: flo
 
 
 @pytest.mark.slow
-def test_triton_backend_interpreted():
-    pytest.importorskip("triton")
-    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_triton_backend_interpreted(run_interpreted):
+    run_interpreted(__file__)
 
 
 @pytest.mark.gpu

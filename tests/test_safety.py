@@ -8,6 +8,7 @@ small tmpfs (root only; skipped with the reason otherwise).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,7 +58,8 @@ def spa_data(capsys, *args):
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    search = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # packages put there stay
+    return {**os.environ, "PYTHONPATH": search, "OMP_NUM_THREADS": "1"}
 
 
 def command(tool: str, *args) -> list[str]:
@@ -328,7 +330,17 @@ def test_5_sigterm_to_the_group_on_cuda_saves_and_exits(in_s, tmp_path):
                                                                             "epochs=30")]
     proc = subprocess.Popen(command("train", *args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    wait_for(lambda: (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text(), 120, "a first step")
+
+    def stepped():
+        return (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()
+
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: stepped() or proc.poll() is not None, 120, "a first step")
+    if not stepped():  # say why there was none
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"no first step in 120 s (exit {proc.returncode}): {(out + err)[-3000:]}")
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "interrupted: saved" in out + err and "Traceback" not in err, err
@@ -336,12 +348,14 @@ def test_5_sigterm_to_the_group_on_cuda_saves_and_exits(in_s, tmp_path):
     assert load_checkpoint(run / "last.pt")["position"]["step"] >= 1
 
 
-def test_5_a_program_that_leaves_a_loader_open_still_exits(in_s):
-    """Workers ignore SIGTERM, which multiprocessing would send them at exit and then wait on."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_5_a_program_that_leaves_a_loader_open_still_exits(in_s, device):
+    """Workers ignore SIGTERM, which multiprocessing would send them at exit and then wait on; on CUDA
+    a helper thread is reading from them."""
     script = ("import sys; from spa_data.loader import ShardDataset, make_loader\n"
-              "loader = make_loader(ShardDataset(sys.argv[1], train=True), batch_size=4, num_workers=2)\n"
+              "loader = make_loader(ShardDataset(sys.argv[1], train=True), batch_size=4, num_workers=2, device=sys.argv[2])\n"
               "batches = iter(loader); next(batches); print('one batch', flush=True)")
-    result = subprocess.run([sys.executable, "-c", script, str(in_s["val"])], env=env(), capture_output=True,
+    result = subprocess.run([sys.executable, "-c", script, str(in_s["val"]), device], env=env(), capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "one batch\n", result.stderr
 
