@@ -26,6 +26,7 @@ and coverage rule of ``spa-data labels``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import math
@@ -428,13 +429,13 @@ class EpochKeys(Sampler):
 
 @dataclass
 class ShardLoader:
-    """Iterates batches already on ``device``; on CUDA a helper thread finishes them ahead (see
-    :func:`_prefetched`)."""
+    """Iterates batches already on ``device``; with ``prefetch``, on CUDA or with worker processes, a
+    helper thread finishes them ahead (:class:`_Prefetched`), one pass at a time."""
 
     loader: DataLoader
     device: torch.device
     prefetch: bool = True
-    _running: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
+    _passes: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -445,35 +446,82 @@ class ShardLoader:
         return sampler.sampler if isinstance(sampler, EpochKeys) else sampler
 
     def close(self) -> None:
-        """Stop the helper threads and shut the worker processes down now."""
-        for batches in list(self._running):
-            batches.close()
+        """Stop the helper thread, then shut the worker processes down."""
+        self._close_passes()
         close_workers(self.loader)
 
+    def _close_passes(self) -> None:
+        for running in list(self._passes):
+            running.close()
+
     def __iter__(self) -> Iterator[Batch]:
-        if self.device.type != "cuda" or not self.prefetch:
+        if not self.prefetch or (self.device.type != "cuda" and not self.loader.num_workers):
             return (finish_batch(collated, self.device) for collated in self.loader)
-        batches = _prefetched(self.loader, self.device)
-        self._running.add(batches)
-        _RUNNING_PASSES.add(batches)
-        atexit.unregister(_close_open_loaders)   # registered once, after torch's exit hook
-        atexit.register(_close_open_loaders)
-        return batches
+        self._close_passes()  # passes share the persistent workers' one DataLoader iterator
+        running = _Prefetched(self.loader, self.device)
+        self._passes.add(running)
+        _RUNNING_PASSES.add(running)
+        return running
 
 
 _END = object()
-_RUNNING_PASSES: weakref.WeakSet = weakref.WeakSet()   # every running helper thread's pass, stopped at exit
+_RUNNING_PASSES: weakref.WeakSet = weakref.WeakSet()   # stopped at exit, before the workers
 
 
-def _prefetched(loader: DataLoader, device: torch.device, depth: int = 2) -> Iterator[Batch]:
-    """The loader's batches finished (decoded, resized, normalised) by a helper thread on a side
-    stream, up to ``depth`` ahead. Decoding holds the host (nvJPEG's host stage and stream waits): on
-    the training thread that time adds to every step; on its own thread it overlaps the step."""
-    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
-    stream = torch.cuda.Stream(device)
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class _Prefetched:
+    """One pass over ``loader``: a helper thread finishes its batches (decode, resize, normalise; on
+    CUDA on a side stream) up to ``depth`` ahead, and this iterator hands them over in order. Decoding
+    holds the host (nvJPEG's host stage, stream waits): on the training thread that time adds to every
+    step, on its own thread it overlaps the step.
 
+    ``close()``, from any thread, stops the helper and waits for it (the loader closes its pass before
+    another one and at exit); a pass dropped unclosed only asks it to stop, since a finaliser may run
+    on any thread, the helper's own included.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, depth: int = 2):
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.stop = threading.Event()
+        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        # the thread holds no reference to this object, so dropping the pass finalises it
+        self.thread = threading.Thread(target=_produce, args=(loader, device, self.ready, self.stop),
+                                       name="spa-batches", daemon=True)
+
+    def __iter__(self) -> "_Prefetched":
+        return self
+
+    def __next__(self) -> Batch:
+        if self.stop.is_set():
+            raise StopIteration
+        if self.thread.ident is None:  # started by the first request, like a generator
+            self.thread.start()
+        while True:
+            try:
+                item = self.ready.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if self.stop.is_set():   # closed from another thread
+                    raise StopIteration from None
+        if item is _END or isinstance(item, BaseException):
+            self.close()
+            if item is _END:
+                raise StopIteration
+            raise item
+        return _handoff(*item)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def __del__(self) -> None:
+        self.stop.set()
+
+
+def _produce(loader: DataLoader, device: torch.device, ready: queue.Queue, stop: threading.Event) -> None:
+    """The helper thread of a :class:`_Prefetched` pass: (batch, CUDA event or None), then ``_END`` or
+    the exception that ended the pass, into ``ready`` while ``stop`` is clear."""
     def offer(item) -> bool:
         while not stop.is_set():
             try:
@@ -483,33 +531,31 @@ def _prefetched(loader: DataLoader, device: torch.device, depth: int = 2) -> Ite
                 pass
         return False
 
-    def produce() -> None:
-        try:
-            with torch.cuda.device(device), torch.cuda.stream(stream):
-                for collated in loader:
-                    batch = finish_batch(collated, device)
-                    finished = torch.cuda.Event()
-                    finished.record(stream)
-                    if not offer((batch, finished)):
-                        return
-            offer(_END)
-        except BaseException as error:  # raised on the consuming thread
-            offer(error)
-
-    producer = threading.Thread(target=produce, name="spa-batches", daemon=True)
-    producer.start()
+    cuda = device.type == "cuda"
     try:
-        while (item := ready.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield _handoff(*item)
-    finally:
-        stop.set()
-        producer.join()
+        stream = torch.cuda.Stream(device) if cuda else None
+        with torch.cuda.device(device) if cuda else contextlib.nullcontext(), \
+                torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+            collated_batches = iter(loader)
+            _close_at_exit(loader)  # again, now that torch has registered its own exit hook
+            for collated in collated_batches:
+                if stop.is_set():
+                    return
+                batch = finish_batch(collated, device)
+                finished = torch.cuda.Event() if cuda else None
+                if finished is not None:
+                    finished.record(stream)
+                if not offer((batch, finished)):
+                    return
+        offer(_END)
+    except BaseException as error:  # raised on the consuming thread
+        offer(error)
 
 
-def _handoff(batch: Batch, finished: torch.cuda.Event) -> Batch:
-    """Make the current stream wait for ``batch`` and keep its memory alive on it."""
+def _handoff(batch: Batch, finished: Optional[torch.cuda.Event]) -> Batch:
+    """On CUDA: make the current stream wait for ``batch`` and keep its memory alive on it."""
+    if finished is None:
+        return batch
     current = torch.cuda.current_stream(batch.images.device)
     current.wait_event(finished)
     for t in _tensors(batch):
@@ -584,8 +630,8 @@ def _close_at_exit(loader: DataLoader) -> None:
 
 
 def _close_open_loaders() -> None:
-    for batches in list(_RUNNING_PASSES):   # helper threads first: they may be reading from the workers
-        batches.close()
+    for running in list(_RUNNING_PASSES):   # helper threads first: they may be reading from the workers
+        running.close()
     for loader in list(_OPEN_LOADERS):
         close_workers(loader)
 

@@ -85,7 +85,10 @@ class GraphedFeatures:
                 self.forward(static_images, labels)
         torch.cuda.current_stream(images.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), _uncached_autocast(), torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: another thread's CUDA work (the loader's helper decoding the next batches on
+        # its own stream, its allocations) may go on during the capture; it is not part of the graph.
+        with torch.no_grad(), _uncached_autocast(), torch.cuda.graph(graph, pool=self.pool,
+                                                                      capture_error_mode="thread_local"):
             output = self.forward(static_images, labels)
         # The graph reads the shape tables (grids, index tables) at the addresses it captured: hold
         # them for as long as the graph lives, whatever the caches evict later.

@@ -225,7 +225,7 @@ class SpaBlock(SwinBlock):
         """
         batch, channels = tokens.shape[0], tokens.shape[-1]
         pixels = grid.height * grid.width
-        if fused:
+        if fused:  # implies a gate: only gate-evaluating selectors take the fused path
             from .triton_rows import gather_gated, scatter_add_weighted
 
             amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None

@@ -71,12 +71,17 @@ def plan_rows(keep_pixels: Tensor, token_pixel: Tensor, token_is_padding: Tensor
     """The per-image static plan of a selection, with each slot's source row, in one launch.
 
     keep_pixels: (B, P) bool, the selection on the unpadded map (P = H * W pixels, row-major).
-    token_pixel, token_is_padding: (N,) long and (N,) bool, a window-major token's pixel and whether it
-    is window padding (never kept), as :class:`spa_model.layers.WindowGrid` holds them.
+    token_pixel, token_is_padding: (N,) long and (N,) bool, a window-major token's pixel (in [0, P))
+    and whether it is window padding (never kept), as :class:`spa_model.layers.WindowGrid` holds them.
     Returns ``(plan, rows, holds_token)``, equal to ``plan_packing(keep, container_len=container_len,
     capacity=capacity)`` of the window-major selection ``keep`` and to ``slot_rows`` of it with the
     grid's ``token_rows`` (slots without a token read row ``slot % (B * P)``).
     """
+    if keep_pixels.dim() != 2 or keep_pixels.dtype != torch.bool:
+        raise ValueError(f"keep_pixels must be a (B, P) bool tensor, got {tuple(keep_pixels.shape)} {keep_pixels.dtype}")
+    if (token_pixel.dtype, token_is_padding.dtype) != (torch.long, torch.bool) or token_pixel.shape != token_is_padding.shape:
+        raise ValueError(f"token_pixel (N,) long and token_is_padding (N,) bool expected, got "
+                         f"{tuple(token_pixel.shape)} {token_pixel.dtype} and {tuple(token_is_padding.shape)} {token_is_padding.dtype}")
     batch, pixels = keep_pixels.shape
     num_tokens = token_pixel.shape[0]
     if capacity < 1 or batch * pixels == 0:
@@ -89,7 +94,8 @@ def plan_rows(keep_pixels: Tensor, token_pixel: Tensor, token_is_padding: Tensor
     rows = torch.empty_like(token_index)
     holds_token = torch.empty(batch * image_slots, dtype=torch.bool, device=device)
     _plan_rows_kernel[(batch,)](
-        keep_pixels.contiguous().view(torch.uint8), token_pixel, token_is_padding.view(torch.uint8), token_index,
+        keep_pixels.contiguous().view(torch.uint8), token_pixel.contiguous(), token_is_padding.contiguous().view(torch.uint8),
+        token_index,
         token_slot, selected, rows, holds_token.view(torch.uint8), num_tokens, pixels, image_slots,
         batch * pixels, BLOCK=_PLAN_BLOCK)
     plan = PackPlan(token_index=token_index, token_slot=token_slot, selected=selected, container_len=container_len,
@@ -100,7 +106,7 @@ def plan_rows(keep_pixels: Tensor, token_pixel: Tensor, token_is_padding: Tensor
 @triton.jit
 def _gather_kernel(tokens_ptr, gate_ptr, rows_ptr, out_ptr, num_slots, channels,
                    ROWS: tl.constexpr, CHANNELS: tl.constexpr):
-    slots = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    slots = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)  # slots * channels may pass 2**31
     chans = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
     inside = slots < num_slots
     row = tl.load(rows_ptr + slots, mask=inside, other=0)
@@ -114,7 +120,7 @@ def _gather_kernel(tokens_ptr, gate_ptr, rows_ptr, out_ptr, num_slots, channels,
 @triton.jit
 def _gather_backward_kernel(grad_ptr, tokens_ptr, gate_ptr, rows_ptr, holds_ptr, grad_tokens_ptr, grad_gate_ptr,
                             num_slots, channels, ROWS: tl.constexpr, CHANNELS: tl.constexpr):
-    slots = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    slots = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     held = tl.load(holds_ptr + slots, mask=slots < num_slots, other=0) != 0
     row = tl.load(rows_ptr + slots, mask=held, other=0)
     gate = tl.load(gate_ptr + row, mask=held, other=0.0).to(tl.float32)
@@ -145,6 +151,7 @@ class _GatherGated(torch.autograd.Function):
         return _gather(tokens, gate, rows, dtype)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         tokens, gate, rows, holds_token = ctx.saved_tensors
         grad_tokens, grad_gate = torch.zeros_like(tokens), torch.zeros_like(gate)
@@ -175,7 +182,7 @@ def _weighted_slots(rows_ptr, holds_ptr, scale_ptr, num_slots, pixels, HAS_SCALE
                     ROWS: tl.constexpr, CHANNELS: tl.constexpr):
     """This program's tile of slots and channels, each slot's row, whether it holds a token, and its
     weight: 0 without a token, else 1 or its image's drop-path scale."""
-    slots = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    slots = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     chans = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
     inside = slots < num_slots
     row = tl.load(rows_ptr + slots, mask=inside, other=0)
@@ -189,8 +196,8 @@ def _weighted_slots(rows_ptr, holds_ptr, scale_ptr, num_slots, pixels, HAS_SCALE
 @triton.jit
 def _scatter_kernel(target_ptr, packed_ptr, rows_ptr, holds_ptr, scale_ptr, num_slots, channels, pixels,
                     HAS_SCALE: tl.constexpr, ROWS: tl.constexpr, CHANNELS: tl.constexpr):
-    slots, chans, inside, row, held, weight = _weighted_slots(rows_ptr, holds_ptr, scale_ptr, num_slots, pixels,
-                                                              HAS_SCALE, ROWS, CHANNELS)
+    slots, chans, _, row, held, weight = _weighted_slots(rows_ptr, holds_ptr, scale_ptr, num_slots, pixels,
+                                                         HAS_SCALE, ROWS, CHANNELS)
     tile = held[:, None] & (chans < channels)[None, :]
     target = target_ptr + row[:, None] * channels + chans[None, :]
     packed = tl.load(packed_ptr + slots[:, None] * channels + chans[None, :], mask=tile, other=0.0)
@@ -210,12 +217,13 @@ def _scatter_backward_kernel(grad_ptr, grad_packed_ptr, rows_ptr, holds_ptr, sca
              mask=inside[:, None] & chans_inside)
 
 
-def _scatter_launch(kernel, first: Tensor, second: Tensor, rows: Tensor, holds_token: Tensor,
+def _scatter_launch(kernel: triton.JITFunction, by_row: Tensor, by_slot: Tensor, rows: Tensor, holds_token: Tensor,
                     image_scale: Tensor | None, pixels: int) -> None:
+    """Either scatter kernel on (R, C) ``by_row`` (the target, or its gradient) and (slots, C) ``by_slot``."""
     if rows.numel():
-        grid = (triton.cdiv(rows.shape[0], _ROWS), triton.cdiv(first.shape[1], _CHANNELS))
-        kernel[grid](first, second, rows, holds_token.view(torch.uint8), rows if image_scale is None else image_scale,
-                     rows.shape[0], first.shape[1], pixels, HAS_SCALE=image_scale is not None,
+        grid = (triton.cdiv(rows.shape[0], _ROWS), triton.cdiv(by_row.shape[1], _CHANNELS))
+        kernel[grid](by_row, by_slot, rows, holds_token.view(torch.uint8), rows if image_scale is None else image_scale,
+                     rows.shape[0], by_row.shape[1], pixels, HAS_SCALE=image_scale is not None,
                      ROWS=_ROWS, CHANNELS=_CHANNELS)
 
 
@@ -228,12 +236,14 @@ def _scatter(target: Tensor, packed: Tensor, rows: Tensor, holds_token: Tensor, 
 
 class _ScatterAddWeighted(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, target, packed, rows, holds_token, image_scale, pixels):
+    def forward(ctx, target: Tensor, packed: Tensor, rows: Tensor, holds_token: Tensor, image_scale: Tensor | None,
+                pixels: int) -> Tensor:
         ctx.save_for_backward(rows, holds_token, image_scale)
         ctx.packed_dtype, ctx.pixels = packed.dtype, pixels
         return _scatter(target, packed, rows, holds_token, image_scale, pixels)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         rows, holds_token, image_scale = ctx.saved_tensors
         grad = grad.contiguous()
@@ -243,12 +253,16 @@ class _ScatterAddWeighted(torch.autograd.Function):
 
 
 def scatter_add_weighted(target: Tensor, packed: Tensor, rows: Tensor, holds_token: Tensor, *,
-                         image_scale: Tensor | None = None, pixels: int = 1) -> Tensor:
+                         image_scale: Tensor | None = None, pixels: int | None = None) -> Tensor:
     """``target`` (R, C) plus each held slot's ``packed`` row (slots, C) at its row, times its image's
     ``image_scale`` (B,) float32 (row // ``pixels`` is the image; None: 1). Out of place; what
     :func:`spa_model.packed_attention.scatter_add_rows` computes with weight ``holds_token * scale``,
     for slots whose held rows are distinct."""
+    if image_scale is not None and (pixels is None or pixels * image_scale.shape[0] != target.shape[0]):
+        raise ValueError(f"image_scale of {image_scale.shape[0]} images needs the rows per image: {target.shape[0]} "
+                         f"rows, pixels={pixels}")
     target, packed = target.contiguous(), packed.contiguous()
+    pixels = pixels or 1  # not read without a scale
     if torch.is_grad_enabled() and (target.requires_grad or packed.requires_grad):
         return _ScatterAddWeighted.apply(target, packed, rows, holds_token, image_scale, pixels)
     return _scatter(target, packed, rows, holds_token, image_scale, pixels)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,22 +159,38 @@ def test_gpu_path_matches_cpu_path(shard_dirs):
                 torch.testing.assert_close(x.select[s], y.select[s].cpu())
 
 
-@pytest.mark.gpu
-def test_gpu_batches_come_from_a_helper_thread_that_stops_with_its_iteration(shard_dirs):
-    import threading
-
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_each_pass_has_one_helper_thread_that_stops_with_it(shard_dirs, device):
     ds = ShardDataset(shard_dirs["coco-s"])
-    loader = make_loader(ds, batch_size=2, num_workers=2, device="cuda")
+    loader = make_loader(ds, batch_size=2, num_workers=2, device=device)
     first = iter(loader)
     next(first)
-    assert any(t.name == "spa-batches" for t in threading.enumerate())
-    del first                                   # left after one batch: its thread stops
-    seen = [i for batch in loader for i in batch.image_ids]   # a fresh pass sees every sample, in order
-    assert seen == list(ds.image_ids)
+    assert first.thread.is_alive()
+    second = iter(loader)               # passes share the workers' iterator: a new one stops the old
+    assert not first.thread.is_alive() and next(first, None) is None
+    assert [i for batch in second for i in batch.image_ids] == list(ds.image_ids)   # every sample, in order
+    assert not second.thread.is_alive()
     third = iter(loader)
     next(third)
-    loader.close()                              # stops the running pass's thread, then the workers
-    assert not any(t.name == "spa-batches" for t in threading.enumerate())
+    helper = third.thread
+    del third                           # dropped unclosed: its thread stops by itself
+    helper.join(timeout=30)
+    assert not helper.is_alive()
+    fourth, errors = iter(loader), []
+
+    def consume():
+        try:
+            for _ in fourth:
+                time.sleep(0.05)
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            errors.append(error)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    time.sleep(0.2)
+    loader.close()                      # from another thread than the consumer's: both end quietly
+    consumer.join(timeout=30)
+    assert not consumer.is_alive() and not errors and not fourth.thread.is_alive()
 
 
 def test_batched_decode_path_equals_per_sample_path(shard_dirs):

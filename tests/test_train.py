@@ -169,6 +169,18 @@ def test_bf16_training_on_cuda(demo_shards, tmp_path):
     assert losses and all(math.isfinite(v) for v in losses)
 
 
+@pytest.mark.gpu
+def test_cuda_training_validates_through_cuda_graphs_while_loader_threads_decode(demo_shards, tmp_path):
+    """Validation captures CUDA graphs (eval batches of 4: 7 of one shape) while the loaders' helper
+    threads allocate and decode on their own streams; a captured graph must not see their work."""
+    config = resolve_config(None, [TINY, "batch_size=4", "eval_batch_size=4", "epochs=2", "num_workers=2",
+                                   "warmup_steps=1", "progress=false", "curves=false", "device=cuda", "amp=bf16"],
+                            task="cls", model="spt_tiny", shards=str(demo_shards("in-s", "train")),
+                            val_shards=str(demo_shards("in-s", "val")), out=str(tmp_path / "run"))
+    row = train(config)
+    assert row["epoch"] == 2 and math.isfinite(row["val/top1"])
+
+
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     from spa_train.optim import lr_factor
 
