@@ -10,7 +10,8 @@ Two paths to a batch:
   process decodes the whole batch with nvJPEG (``decode_jpeg(list, device="cuda")``),
   resizes same-sized images together, pads, flips and normalises on the GPU, on a side stream
   in a helper thread, two batches ahead (so decoding overlaps the training step instead of adding
-  to it). Collated tensors come from pinned memory with non_blocking copies.
+  to it; with worker processes the CPU path finishes batches on a helper thread too). Collated
+  tensors come from pinned memory with non_blocking copies.
 
 Horizontal flip mirrors the image, boxes, masks and every grid about the vertical axis
 of the content's stride-aligned box ``[0, Wf)``, ``Wf = ceil(w / max_stride) * max_stride``
