@@ -94,10 +94,9 @@ def plan_rows(keep_pixels: Tensor, token_pixel: Tensor, token_is_padding: Tensor
     rows = torch.empty_like(token_index)
     holds_token = torch.empty(batch * image_slots, dtype=torch.bool, device=device)
     _plan_rows_kernel[(batch,)](
-        keep_pixels.contiguous().view(torch.uint8), token_pixel.contiguous(), token_is_padding.contiguous().view(torch.uint8),
-        token_index,
-        token_slot, selected, rows, holds_token.view(torch.uint8), num_tokens, pixels, image_slots,
-        batch * pixels, BLOCK=_PLAN_BLOCK)
+        keep_pixels.contiguous().view(torch.uint8), token_pixel.contiguous(),
+        token_is_padding.contiguous().view(torch.uint8), token_index, token_slot, selected, rows,
+        holds_token.view(torch.uint8), num_tokens, pixels, image_slots, batch * pixels, BLOCK=_PLAN_BLOCK)
     plan = PackPlan(token_index=token_index, token_slot=token_slot, selected=selected, container_len=container_len,
                     num_tokens=num_tokens, per_image=True, per_image_capacity=capacity)
     return plan, rows, holds_token
