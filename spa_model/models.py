@@ -194,23 +194,29 @@ class SpaBlock(SwinBlock):
                 gate = gate * chosen.weight.to(gate.dtype)
             selection.record_scores(selection.stride, scores)
             keep_pixels = chosen.keep.flatten(1)                                     # (B, H*W)
-        capacity = self._capacity(grid, x.shape[0], selector.keeps_padding)
-        fused = (keep_pixels is not None and capacity is not None and x.shape[0] > 0 and _fused_rows(x, self.spa))
-        if fused:
-            from .triton_rows import plan_rows
-
-            plan, rows, holds_token = plan_rows(keep_pixels, grid.token_pixel, grid.token_is_padding,
-                                                container_len=self.container_len, capacity=capacity)
-        else:
-            plan = plan_packing(_window_major(keep_pixels, grid, x.shape[0]), container_len=self.container_len,
-                                per_image=self.spa.per_image_containers, capacity=capacity)
-            rows, holds_token = slot_rows(plan, *grid.token_rows(x.shape[0], plan.num_slots))
+        plan, rows, holds_token, fused = self._plan(x, keep_pixels, grid, selector.keeps_padding)
         if self.training and self.budget is not None and not selector.keeps_padding:  # "all" never reads it
             self.budget.observe(plan.selected, grid.height * grid.width)
         selection.blocks.append(BlockSelection(plan, grid.height * grid.width,
                                                grid.num_padding if selector.keeps_padding else 0))
         x = self._add_attention(x, tokens, gate, plan, rows, holds_token, grid, fused=fused)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _plan(self, x: Tensor, keep_pixels: Tensor | None, grid: WindowGrid,
+              keeps_padding: bool) -> tuple[PackPlan, Tensor, Tensor, bool]:
+        """The packing plan of ``keep_pixels`` (B, H*W) bool (None: everything), each slot's source row
+        and whether it holds a token, and whether the Triton kernels of :mod:`spa_model.triton_rows`
+        made them (then the gather and the scatter run there too)."""
+        batch = x.shape[0]
+        capacity = self._capacity(grid, batch, keeps_padding)
+        if keep_pixels is not None and capacity is not None and batch > 0 and _fused_rows(x, self.spa):
+            from .triton_rows import plan_rows
+
+            return (*plan_rows(keep_pixels, grid.token_pixel, grid.token_is_padding,
+                               container_len=self.container_len, capacity=capacity), True)
+        plan = plan_packing(_window_major(keep_pixels, grid, batch), container_len=self.container_len,
+                            per_image=self.spa.per_image_containers, capacity=capacity)
+        return (plan, *slot_rows(plan, *grid.token_rows(batch, plan.num_slots)), False)
 
     def _add_attention(self, x: Tensor, tokens: Tensor, gate: Tensor | None, plan: PackPlan, rows: Tensor,
                        holds_token: Tensor, grid: WindowGrid, *, fused: bool) -> Tensor:
