@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python3 benchmarks/bench_backbone.py --out DIR --shape 1280x800:8 \
         [--phases inference,train] [--modes eager,compiled,cudagraphs,graphs] [--models tiny,small]
-        [--sweep] [--maskrcnn] [--rounds 5] [--iters 10] [--budget 540] [--quick]
+        [--sweep] [--maskrcnn] [--rounds 5] [--iters 10] [--budget 540] [--warm 4] [--quick]
 
 Selections come from scattered objects (``spa_train.bench.scattered_objects``: rectangles and
 ellipses of varied size at unaligned positions, about 25% of the stride-16 cells per image, +-20%),
@@ -17,7 +17,9 @@ torchvision's). Inference is the backbone's features (the paper's FPS); a traini
 a classification loss (plus 0.01 x the selection loss), backward and AdamW. ``--maskrcnn`` times the
 whole torchvision Mask R-CNN on the backbones (eager; targets from the same objects); ``--sweep``
 the selection share 10/25/50%. For each group every model is built (and compiled) first, then timed
-in turn for ``--rounds`` rounds (median, min, max), so drifts of the machine hit all alike. Writes
+in turn for ``--rounds`` rounds (median, min, max), so drifts of the machine hit all alike; compiled
+groups are first compiled once per variant in parallel processes (``--warm``), which fills
+Inductor's caches for the timed process. Writes
 ``bench_backbone.json`` after every round (machine, date, versions, numbers); work beyond
 ``--budget`` seconds is recorded as skipped.
 """
@@ -28,7 +30,9 @@ import json
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -288,6 +292,25 @@ def one_line(error: Exception) -> str:
 
 # --- one group, timed in turn ------------------------------------------------------------------
 
+def warm_compiles(bench: Bench, labels: list[str], *, shape, phase: str, mode: str, share: float) -> None:
+    """Compile each variant once in its own process, ``--warm`` processes at a time, before a group
+    is timed: the timed process then finds Inductor's on-disk caches filled, and its compiles take a
+    fraction of a cold one (27 s against about 160 s for two models on an H200, benchmarks/README.md).
+    Nothing of these runs is kept."""
+    (width, height), batch = shape
+    with tempfile.TemporaryDirectory() as scratch:
+        commands = [[sys.executable, __file__, "--out", scratch, "--name", f"{label}.json",
+                     "--shape", f"{width}x{height}:{batch}", "--modes", mode, "--phases", phase,
+                     "--models", bench.args.models, "--labels", f"^{re.escape(label)}$", "--share", str(share),
+                     "--rounds", "1", "--warmup", "1", "--iters", "1", "--warm", "0", *["--quick"] * bench.args.quick]
+                    for label in labels]
+        for start in range(0, len(commands), bench.args.warm):
+            running = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       for command in commands[start:start + bench.args.warm]]
+            for process in running:
+                process.wait()
+
+
 def group(bench: Bench, specs: dict[str, dict], *, shape, phase: str, mode: str, share: float,
           detector: bool = False) -> None:
     (width, height), batch = shape
@@ -300,6 +323,8 @@ def group(bench: Bench, specs: dict[str, dict], *, shape, phase: str, mode: str,
         for label in specs:
             bench.record(label=label, **common, skipped="budget")
         return
+    if mode in ("compiled", "cudagraphs") and bench.args.warm and not detector:
+        warm_compiles(bench, list(specs), shape=shape, phase=phase, mode=mode, share=share)
     steps, rows = {}, {}
     for label, spec in specs.items():
         row = dict(label=label, model=spec["name"], **common)
@@ -364,6 +389,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--budget", type=float, default=540.0, help="seconds; later groups are skipped")
+    parser.add_argument("--warm", type=int, default=4,
+                        help="compiled modes: first compile each variant in its own process, this many at once (0: off)")
     parser.add_argument("--quick", action="store_true", help="tiny models (a CPU smoke test)")
     args = parser.parse_args()
     torch._dynamo.config.cache_size_limit = 64  # the variants of a group share code objects (one guard each)
