@@ -26,6 +26,7 @@ Inductor's caches for the timed process. Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import re
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -304,11 +306,9 @@ def warm_compiles(bench: Bench, labels: list[str], *, shape, phase: str, mode: s
                      "--models", bench.args.models, "--labels", f"^{re.escape(label)}$", "--share", str(share),
                      "--rounds", "1", "--warmup", "1", "--iters", "1", "--warm", "0", *["--quick"] * bench.args.quick]
                     for label in labels]
-        for start in range(0, len(commands), bench.args.warm):
-            running = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                       for command in commands[start:start + bench.args.warm]]
-            for process in running:
-                process.wait()
+        with ThreadPoolExecutor(bench.args.warm) as pool:
+            list(pool.map(functools.partial(subprocess.run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                          commands))
 
 
 def group(bench: Bench, specs: dict[str, dict], *, shape, phase: str, mode: str, share: float,

@@ -37,34 +37,20 @@ from tqdm import tqdm
 from spa_common.io import atomic_write
 from spa_model.packed_attention import (packed_attention, scatter_add_rows, select_pack_attention, slot_rows,
                                         token_positions)
+from spa_model.layers import WindowGrid
 from spa_model.packing import plan_packing
 from spa_train.bench import labels_from_masks, scattered_objects
 
 
-def _window_setup(height: int, width: int, window: int, shift: int, device):
-    """Window-major coords and Swin shift regions of a (height, width) grid (rolled frame)."""
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    row_region = (rows >= height - window).long() + (rows >= height - shift).long() if shift else 0 * rows
-    col_region = (cols >= width - window).long() + (cols >= width - shift).long() if shift else 0 * cols
-    grid = torch.stack([rows, cols, row_region * 3 + col_region], -1)
-    grid = grid.view(height // window, window, width // window, window, 3).transpose(1, 2).reshape(-1, 3)
-    return grid[:, :2].contiguous().to(device), grid[:, 2].contiguous().to(device)
-
-
-def _selection(kind: str, batch: int, real: tuple[int, int], height: int, width: int, window: int, ratio: float,
-               generator, device) -> torch.Tensor:
-    """(B, N) bool keep, window-major over the padded (height, width) grid: ``random`` tokens, or the
-    cells of scattered objects (rectangles and ellipses, as ``bench_backbone.py`` uses) at stride 16
-    on the ``real`` (unpadded) map; window padding is never kept."""
+def _selection(kind: str, batch: int, grid: WindowGrid, ratio: float, generator, device) -> torch.Tensor:
+    """(B, N) bool keep, window-major over ``grid``'s padded map: ``random`` tokens, or the cells of
+    scattered objects (rectangles and ellipses, as ``bench_backbone.py`` uses) at stride 16 on the
+    unpadded map, in the order SPT's blocks take them (window padding is never kept)."""
     if kind == "random":
-        return torch.rand(batch, height * width, generator=generator, device=device) < ratio
-    real_h, real_w = real
-    objects = scattered_objects(batch, real_h * 16, real_w * 16, share=ratio, seed=0, device=device)
-    cells = labels_from_masks(objects, real_h * 16, real_w * 16, (16,))[16] > 0
-    keep = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-    keep[:, :real_h, :real_w] = cells
-    return (keep.view(batch, height // window, window, width // window, window)
-            .transpose(2, 3).reshape(batch, -1))
+        return torch.rand(batch, grid.token_pixel.shape[0], generator=generator, device=device) < ratio
+    objects = scattered_objects(batch, grid.height * 16, grid.width * 16, share=ratio, seed=0, device=device)
+    cells = labels_from_masks(objects, grid.height * 16, grid.width * 16, (16,))[16] > 0
+    return grid.window_major(cells.flatten(1), batch)
 
 
 def _swin_relative_index(window: int, device) -> torch.Tensor:
@@ -90,8 +76,9 @@ def build_cases(args, ratio: float, device):
                    rel_pos_table=rand((2 * window - 1) ** 2, heads, scale=0.02, dtype=torch.float32))
     weights = {k: v.requires_grad_() for k, v in weights.items()}
     x = rand(batch, num_tokens, channels).requires_grad_()
-    keep = _selection(args.selection, batch, (args.height, args.width), height, width, window, ratio, generator, device)
-    coords, region = _window_setup(height, width, window, window // 2, device)
+    grid = WindowGrid.build(args.height, args.width, window=window, shift=window // 2, device=torch.device(device))
+    keep = _selection(args.selection, batch, grid, ratio, generator, device)
+    coords, region = grid.coords, grid.region
     capacity = int(((keep.sum(1) + length - 1) // length).max())  # containers per image, static: no sync per call
     head_dim = channels // heads
     scale = head_dim ** -0.5
@@ -224,14 +211,12 @@ def sweep_launch(fn, leaves, *, graphs: bool) -> dict:
     results = {}
     for (fw, fh), (bw, bh) in SWEEP:
         kernels.LAUNCH.update(forward=dict(num_warps=fw, heads=fh), backward=dict(num_warps=bw, heads=bh))
-        kernels._launch.cache_clear()
         name = f"core/triton_bias_w{fw}h{fh}_w{bw}h{bh}"
         try:
             results[name] = time_case(fn, leaves, graphs=graphs)
         except Exception as error:
             results[name] = {"error": repr(error)[:300]}
     kernels.LAUNCH.update(default)
-    kernels._launch.cache_clear()
     return results
 
 

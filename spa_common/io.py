@@ -70,13 +70,7 @@ def temporary_path(path: Path) -> Path:
 
 def is_temporary(path: Path) -> bool:
     """Whether ``path`` is named as an ``atomic_open`` temporary (of this process or of a killed one)."""
-    return temporary_target(path) is not None
-
-
-def temporary_target(path: Path) -> Optional[str]:
-    """The name an ``atomic_open`` temporary ``path`` is renamed to (``.x.tmp-<pid>`` -> ``x``), else None."""
-    match = re.fullmatch(r"\.(.+)\.tmp-\d+", Path(path).name)
-    return match.group(1) if match else None
+    return re.fullmatch(r"\..+\.tmp-\d+", Path(path).name) is not None
 
 
 def remove_quietly(path: Path) -> None:

@@ -36,7 +36,7 @@ import signal
 import struct
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -436,7 +436,6 @@ class ShardLoader:
     loader: DataLoader
     device: torch.device
     prefetch: bool = True
-    _passes: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -452,21 +451,19 @@ class ShardLoader:
         close_workers(self.loader)
 
     def _close_passes(self) -> None:
-        for running in list(self._passes):
-            running.close()
+        for running in list(_RUNNING_PASSES):
+            if running.loader is self.loader:
+                running.close()
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.prefetch or (self.device.type != "cuda" and not self.loader.num_workers):
             return (finish_batch(collated, self.device) for collated in self.loader)
         self._close_passes()  # passes share the persistent workers' one DataLoader iterator
-        running = _Prefetched(self.loader, self.device)
-        self._passes.add(running)
-        _RUNNING_PASSES.add(running)
-        return running
+        return _Prefetched(self.loader, self.device)
 
 
 _END = object()
-_RUNNING_PASSES: weakref.WeakSet = weakref.WeakSet()   # stopped at exit, before the workers
+_RUNNING_PASSES: weakref.WeakSet = weakref.WeakSet()   # closed by their loader, and at exit before the workers
 
 
 class _Prefetched:
@@ -483,11 +480,13 @@ class _Prefetched:
     def __init__(self, loader: DataLoader, device: torch.device, depth: int = 2):
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
+        self.loader = loader
         self.stop = threading.Event()
         self.ready: queue.Queue = queue.Queue(maxsize=depth)
         # the thread holds no reference to this object, so dropping the pass finalises it
         self.thread = threading.Thread(target=_produce, args=(loader, device, self.ready, self.stop),
                                        name="spa-batches", daemon=True)
+        _RUNNING_PASSES.add(self)
 
     def __iter__(self) -> "_Prefetched":
         return self
@@ -543,10 +542,7 @@ def _produce(loader: DataLoader, device: torch.device, ready: queue.Queue, stop:
                 if stop.is_set():
                     return
                 batch = finish_batch(collated, device)
-                finished = torch.cuda.Event() if cuda else None
-                if finished is not None:
-                    finished.record(stream)
-                if not offer((batch, finished)):
+                if not offer((batch, stream.record_event() if cuda else None)):
                     return
         offer(_END)
     except BaseException as error:  # raised on the consuming thread

@@ -25,8 +25,8 @@ import numpy as np
 
 from spa_common.errors import ParamError, SpaError
 from spa_common.hashing import sha256_bytes, sha256_file
-from spa_common.io import (atomic_write, check_apart, directory_lock, foreign_entries, is_temporary, lock_holder,
-                           refuse_foreign, remove_quietly, temporary_target)
+from spa_common.io import (atomic_write, check_apart, directory_lock, foreign_entries, lock_holder, refuse_foreign,
+                           remove_quietly)
 from spa_common.jsonio import read_json, read_json_or_none
 from spa_data.geometry import Geometry, GeometrySpec
 from spa_data.images import UnreadableImage, jpeg_problem, read_image
@@ -41,8 +41,8 @@ JOURNAL = ".labels-journal.jsonl"   # {"file", "sha256"} of each shard as it is 
 LOCK = ".labels.lock"
 SUBSET_FILES = ("summary.json", "manifest.jsonl", "annotations.jsonl")
 ON_BAD_IMAGE = ("error", "skip")
-_OUTPUT_NAME = re.compile(r"shard-\d{5,}\.h5|index\.json|\.labels-journal\.jsonl|\.labels\.lock")
-_WRITTEN_ATOMICALLY = re.compile(r"shard-\d{5,}\.h5|index\.json")   # their temporaries are ours too
+_OUTPUT_NAME = re.compile(r"shard-\d{5,}\.h5|\.shard-\d{5,}\.h5\.tmp-\d+|index\.json|\.index\.json\.tmp-\d+"
+                          r"|\.labels-journal\.jsonl|\.labels\.lock")
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -159,8 +159,7 @@ def plan_shards(subset_dir: Path, out_dir: Path, *, strides: Sequence[int], size
 
 def shard_dir_owned(path: Path) -> Optional[str]:
     """None when ``path`` holds only what `spa-data labels` writes (its index.json a spa-shards index), else why not."""
-    foreign = foreign_entries(path, lambda p: _OUTPUT_NAME.fullmatch(p.name) is not None
-                              or (is_temporary(p) and _WRITTEN_ATOMICALLY.fullmatch(temporary_target(p)) is not None))
+    foreign = foreign_entries(path, lambda p: _OUTPUT_NAME.fullmatch(p.name) is not None)
     if foreign:
         return f"holds {foreign[0]}, which `spa-data labels` did not write"
     if (path / INDEX).is_file():

@@ -115,10 +115,7 @@ def token_budgets(model: nn.Module) -> list[TokenBudget]:
     return [module for module in model.modules() if isinstance(module, TokenBudget)]
 
 
-_DEFAULT_POLICY = BudgetPolicy()
-
-
-def update_token_budgets(model: nn.Module | Iterable[TokenBudget], policy: BudgetPolicy = _DEFAULT_POLICY) -> bool:
+def update_token_budgets(model: nn.Module | Iterable[TokenBudget], policy: BudgetPolicy = BudgetPolicy()) -> bool:
     """Call once per optimizer step in a training loop (with the model, or with its
     :func:`token_budgets` found once); True when a budget changed (a new shape: torch.compile
     recompiles). Does nothing for models without learned budgets."""

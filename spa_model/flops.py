@@ -187,9 +187,9 @@ def _image_containers(model: SwinTransformer, output: FeatureOutput, batch_grids
     for index, ((stage_index, window, block), selection) in enumerate(zip(sites, output.blocks)):
         plan, length = selection.plan, selection.plan.container_len
         if own is None:
-            if plan.per_image:
-                on_device[index] = (plan.placed + length - 1) // length
-            result.append(None if plan.per_image else [float(plan.containers_used) / batch] * batch)
+            on_device[index] = ((plan.placed + length - 1) // length if plan.per_image
+                                else plan.containers_used.double().div(batch).expand(batch))
+            result.append(None)
             continue
         if model.selector.keeps_padding:
             tokens = [_padded_tokens(*grids[stage_index], window) for grids in own]

@@ -109,6 +109,14 @@ class WindowGrid:
     def is_padded(self) -> bool:
         return self.padded != (self.height, self.width)
 
+    def window_major(self, keep_pixels: Tensor | None, batch: int) -> Tensor:
+        """(B, N) bool selection in window-major token order from ``keep_pixels`` (B, H*W) bool on the
+        unpadded map (window padding never selected); None: every token, window padding included."""
+        if keep_pixels is None:
+            return self.token_is_real.new_ones(()).expand(batch, self.token_pixel.shape[0])
+        keep = keep_pixels.index_select(1, self.token_pixel)
+        return keep & self.token_is_real if self.is_padded else keep
+
     def token_rows(self, batch: int, num_slots: int) -> tuple[Tensor, Tensor]:
         """Index tables of a (batch, N) window-major token layout, shared by the blocks on this grid.
 

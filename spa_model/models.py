@@ -214,7 +214,7 @@ class SpaBlock(SwinBlock):
 
             return (*plan_rows(keep_pixels, grid.token_pixel, grid.token_is_padding,
                                container_len=self.container_len, capacity=capacity), True)
-        plan = plan_packing(_window_major(keep_pixels, grid, batch), container_len=self.container_len,
+        plan = plan_packing(grid.window_major(keep_pixels, batch), container_len=self.container_len,
                             per_image=self.spa.per_image_containers, capacity=capacity)
         return (plan, *slot_rows(plan, *grid.token_rows(batch, plan.num_slots)), False)
 
@@ -282,15 +282,6 @@ class SpaBlock(SwinBlock):
             return most
         return min(most, self.budget.containers(grid.height * grid.width, container_len=length,
                                                 batch=None if per_image else batch))
-
-
-def _window_major(keep_pixels: Tensor | None, grid: WindowGrid, batch: int) -> Tensor:
-    """(B, N) bool selection in the grid's window-major token order; None (the "all" selector): every
-    token, window padding included."""
-    if keep_pixels is None:
-        return grid.token_is_real.new_ones(()).expand(batch, grid.token_pixel.shape[0])
-    keep = keep_pixels.index_select(1, grid.token_pixel)
-    return keep & grid.token_is_real if grid.is_padded else keep
 
 
 def _fused_rows(x: Tensor, spa: SpaConfig) -> bool:

@@ -67,7 +67,7 @@ def _head_scores(q, k, table_ptr, head, num_heads, allowed, index, scale,
 
 
 @triton.jit
-def _forward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr, table_size,
+def _forward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
                     length, channels, num_heads, head_dim, num_tokens, total_tokens, scale,
                     WINDOW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     HEADS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -145,13 +145,18 @@ def _backward_kernel(qkv_ptr, index_ptr, info_ptr, table_ptr, out_ptr, lse_ptr,
 LAUNCH = {"forward": dict(num_warps=2, heads=1), "backward": dict(num_warps=8, heads=6)}
 
 
-@functools.lru_cache(maxsize=None)  # a few shapes per model; computed once, not per call
 def _launch(pass_: str, length: int, num_heads: int, head_dim: int, dtype: torch.dtype) -> dict:
-    heads = max(h for h in range(1, LAUNCH[pass_]["heads"] + 1) if num_heads % h == 0)
+    return _launch_config(length, num_heads, head_dim, dtype, **LAUNCH[pass_])
+
+
+@functools.lru_cache(maxsize=None)  # a few shapes per model; computed once, not per call
+def _launch_config(length: int, num_heads: int, head_dim: int, dtype: torch.dtype, *, num_warps: int,
+                   heads: int) -> dict:
+    """The kernel's constants; keyed on ``LAUNCH``'s values too, so a changed ``LAUNCH`` takes effect."""
+    heads = max(h for h in range(1, heads + 1) if num_heads % h == 0)
     return dict(HEADS=heads, BLOCK_L=max(16, triton.next_power_of_2(length)),
                 BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                num_warps=LAUNCH[pass_]["num_warps"])
+                PRECISION="ieee" if dtype == torch.float32 else "tf32", num_warps=num_warps)
 
 
 def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, positions: Tensor, length: int,
@@ -167,8 +172,7 @@ def _forward_impl(qkv: Tensor, table: Tensor | None, token_index: Tensor, positi
         config = _launch("forward", length, num_heads, channels // num_heads, qkv.dtype)
         _forward_kernel[(num_slots // length, num_heads // config["HEADS"])](
             qkv, token_index, positions, positions if table is None else table, out, lse,
-            1 if table is None else table.shape[0], length, channels, num_heads, channels // num_heads,
-            num_tokens, total_tokens, scale,
+            length, channels, num_heads, channels // num_heads, num_tokens, total_tokens, scale,
             WINDOW=window, HAS_BIAS=table is not None, **config)
     return out, lse
 

@@ -22,7 +22,6 @@ CASES = [(9, 10, 4, 2, 3, 0.4, 2), (9, 10, 4, 0, 3, 0.4, 9), (7, 7, 7, 3, 2, 0.7
 
 def _check_kernels(device: str, dtype: torch.dtype, tolerance: float) -> None:
     from spa_model.layers import WindowGrid
-    from spa_model.models import _window_major
     from spa_model.packed_attention import scatter_add_rows, slot_rows
     from spa_model.packing import plan_packing
     from spa_model.triton_rows import gather_gated, plan_rows, scatter_add_weighted
@@ -34,7 +33,7 @@ def _check_kernels(device: str, dtype: torch.dtype, tolerance: float) -> None:
         pixels = height * width
         keep = (torch.rand(batch, pixels, generator=generator) < keep_prob).to(device)
         keep[-1] = False
-        reference = plan_packing(_window_major(keep, grid, batch), container_len=window ** 2, capacity=capacity)
+        reference = plan_packing(grid.window_major(keep, batch), container_len=window ** 2, capacity=capacity)
         reference_rows, reference_holds = slot_rows(reference, *grid.token_rows(batch, reference.num_slots))
         plan, rows, holds = plan_rows(keep, grid.token_pixel, grid.token_is_padding, container_len=window ** 2,
                                       capacity=capacity)
@@ -92,23 +91,22 @@ def _check_model(device: str) -> None:
         model = spa_model.create_model("spt_tiny", embed_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4),
                                        window_size=4, backend="triton", **spa).to(device).train(train)
         results, asked = [], []
-        for fused in (False, True):
-
-            models._fused_rows = functools.partial(_decide, usable, asked)
-            for module in model.modules():
-                if isinstance(module, models.SpaBlock):
-                    module.spa = dataclasses.replace(module.spa, fuse_rows=fused)
-            try:
+        models._fused_rows = functools.partial(_decide, usable, asked)
+        try:
+            for fused in (False, True):
+                for module in model.modules():
+                    if isinstance(module, models.SpaBlock):
+                        module.spa = dataclasses.replace(module.spa, fuse_rows=fused)
                 torch.manual_seed(1)
                 model.zero_grad()
                 out = model.forward_features(images)
                 loss = sum(f.square().mean() for f in out.features) + sum(
                     s.sigmoid().mean() for scores in out.scores.values() for s in scores)
                 loss.backward()
-            finally:
-                models._fused_rows = usable
-            results.append(([f.detach() for f in out.features], [b.plan.selected for b in out.blocks],
-                            {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+                results.append(([f.detach() for f in out.features], [b.plan.selected for b in out.blocks],
+                                {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+        finally:
+            models._fused_rows = usable
         assert asked == [False] * len(results[0][1]) + [True] * len(results[0][1])  # each block, each path
         (features, selected, grads), (fused_features, fused_selected, fused_grads) = results
         assert all(torch.equal(a, b) for a, b in zip(selected, fused_selected))
@@ -176,7 +174,7 @@ def test_fused_rows_train_as_the_torch_path_cuda():
 
 
 @pytest.mark.gpu
-def test_fused_spt_eval_has_no_host_sync():
+def test_fused_spt_eval_has_no_host_sync(monkeypatch):
     pytest.importorskip("triton")
     import spa_model
     from spa_model import models
@@ -185,18 +183,15 @@ def test_fused_spt_eval_has_no_host_sync():
     images = torch.randn(2, 3, 224, 320, device="cuda")
     calls = []
     usable = models._fused_rows
-    models._fused_rows = lambda x, spa: calls.append(usable(x, spa)) or calls[-1]
-    try:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            model.forward_features(images)  # compile the kernels first
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                model.forward_features(images)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-    finally:
-        models._fused_rows = usable
+    monkeypatch.setattr(models, "_fused_rows", lambda x, spa: calls.append(usable(x, spa)) or calls[-1])
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model.forward_features(images)  # compile the kernels first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model.forward_features(images)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     assert calls and all(calls)  # the fused path ran in every SPA block
 
 

@@ -28,9 +28,9 @@ from pycocotools import mask as mask_utils
 
 from spa_common.errors import SpaError
 from spa_common.jsonio import read_json
-from spa_data.records import ImageRecord, ObjectRecord, sort_key
-from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_image_id, check_image_size, check_missing_images,
-                                     clip_box, count_reasons, polygons_to_rles, require_dir, rle_to_json)
+from spa_data.records import ImageRecord, ObjectRecord, check_image_id, sort_key
+from spa_data.sources.common import (POLYGON_UNDER_3_POINTS, check_image_size, check_missing_images, clip_box,
+                                     count_reasons, polygons_to_rles, require_dir, rle_to_json)
 
 ANNOTATION_KINDS = ("instances", "person_keypoints")
 

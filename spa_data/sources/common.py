@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from spa_common.errors import SpaError
-from spa_data.records import Box, check_image_id  # noqa: F401  (re-exported for the readers)
+from spa_data.records import Box
 
 # Reasons counted in ImageRecord.skipped. "box_clipped" objects are KEPT (with the
 # clipped box); every other reason means the object or polygon part was dropped.
