@@ -9,7 +9,7 @@
 >>> with spa_model.cuda_graphs(model.eval()):              # inference: one CUDA graph per input shape
 ...     out = model.forward_features(images)
 """
-from .budget import BudgetPolicy, update_token_budgets
+from .budget import BudgetPolicy, rank_local_buffers, update_token_budgets
 from .flops import FlopsReport, count_flops
 from .inference import GraphedFeatures, cuda_graphs
 from .models import (FeatureOutput, ModelContract, SpaBlockSite, SpaConfig, SwinConfig, SwinTransformer, create_model,
@@ -19,5 +19,5 @@ from .stvit import STVIT_FORMS, StvitConfig, StvitR
 
 __all__ = ["create_model", "list_models", "register_model", "SwinConfig", "SpaConfig", "SwinTransformer",
            "FeatureOutput", "ModelContract", "SpaBlockSite", "SELECTORS", "selection_loss", "count_flops",
-           "FlopsReport", "BudgetPolicy", "update_token_budgets", "GraphedFeatures", "cuda_graphs", "StvitConfig",
-           "StvitR", "STVIT_FORMS"]
+           "FlopsReport", "BudgetPolicy", "rank_local_buffers", "update_token_budgets", "GraphedFeatures",
+           "cuda_graphs", "StvitConfig", "StvitR", "STVIT_FORMS"]

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["BudgetPolicy", "TokenBudget", "token_budgets", "update_token_budgets"]
+__all__ = ["BudgetPolicy", "TokenBudget", "rank_local_buffers", "token_budgets", "update_token_budgets"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class TokenBudget(nn.Module):
     """The budget of one SPA block: ``share`` of each image's (unpadded) tokens.
 
     ``learned=False`` keeps it fixed (a float ``capacity``); a learned one moves in
-    :meth:`update`. ``value`` is the host copy read for shapes, kept equal to the ``share`` buffer
-    (also after ``load_state_dict``).
+    :func:`update_token_budgets`. ``value`` is the host copy read for shapes, kept equal to the
+    ``share`` buffer (also after ``load_state_dict``).
     """
 
     def __init__(self, share: float, *, learned: bool):
@@ -73,14 +74,13 @@ class TokenBudget(nn.Module):
         if self.learned and selected.numel():
             torch.maximum(self.peak, selected.amax() * (1.0 / max(tokens, 1)), out=self.peak)
 
-    @torch.no_grad()
-    def update(self, policy: BudgetPolicy) -> bool:
-        """Every ``policy.interval`` calls, move the budget after the recorded peak; True if it changed."""
+    def due(self, policy: BudgetPolicy) -> bool:
+        """Count one optimizer step; True on the steps a learned budget looks at its peak."""
         self._calls += 1
-        if not self.learned or self._calls % policy.interval:
-            return False
-        peak = float(self.peak)                           # the one host read
-        self.peak.fill_(-1.0)
+        return self.learned and self._calls % policy.interval == 0
+
+    def move(self, peak: float, policy: BudgetPolicy) -> bool:
+        """Move the budget after a looked-at ``peak`` (-1: nothing seen); True if it changed."""
         if peak < 0:
             return False
         target = policy.level(peak)
@@ -118,9 +118,30 @@ def token_budgets(model: nn.Module) -> list[TokenBudget]:
 def update_token_budgets(model: nn.Module | Iterable[TokenBudget], policy: BudgetPolicy = BudgetPolicy()) -> bool:
     """Call once per optimizer step in a training loop (with the model, or with its
     :func:`token_budgets` found once); True when a budget changed (a new shape: torch.compile
-    recompiles). Does nothing for models without learned budgets."""
+    recompiles). Does nothing for models without learned budgets.
+
+    Every ``policy.interval`` calls the peaks of all budgets are read in one host transfer; under
+    ``torch.distributed`` they are first reduced to their maximum over ranks, so every rank moves
+    to the same budgets (leave :func:`rank_local_buffers` out of DistributedDataParallel's broadcast)."""
     budgets = token_budgets(model) if isinstance(model, nn.Module) else model
+    due = [budget for budget in budgets if budget.due(policy)]
+    if not due:
+        return False
+    with torch.no_grad():
+        peaks = torch.stack([budget.peak for budget in due])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        for budget in due:
+            budget.peak.fill_(-1.0)
     changed = False
-    for budget in budgets:
-        changed |= budget.update(policy)
+    for budget, peak in zip(due, peaks.tolist()):                 # the one host read
+        changed |= budget.move(peak, policy)
     return changed
+
+
+def rank_local_buffers(model: nn.Module) -> list[str]:
+    """Names of the buffers each rank records for itself (the budgets' peaks), for
+    ``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``: broadcast from rank 0
+    at every forward, they would lose the other ranks' selections."""
+    return [f"{name}.peak" if name else "peak" for name, module in model.named_modules()
+            if isinstance(module, TokenBudget)]

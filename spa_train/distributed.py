@@ -13,9 +13,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
 from spa_data.jitter import draw_short_sides
+from spa_model.budget import rank_local_buffers
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,15 @@ def init_distributed(device_type: str) -> DistInfo:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, *, find_unused_parameters: bool) -> DistributedDataParallel:
+    """DistributedDataParallel around ``model``, whose buffers rank 0 broadcasts at every forward
+    (BatchNorm statistics), except those each rank records for itself (the token budgets' peaks,
+    reduced over ranks by :func:`spa_model.update_token_budgets`)."""
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, rank_local_buffers(model))
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)
 
 
 def shutdown_distributed() -> None:

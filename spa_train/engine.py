@@ -40,7 +40,7 @@ from spa_model.weights import load_pretrained
 from spa_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from spa_train.config import TrainConfig, build_config, save_config
 from spa_train.distributed import (DistInfo, ResumableSampler, RunBatchSampler, ShareSampler, all_gather_objects,
-                                   all_reduce_sum, barrier, init_distributed, shutdown_distributed)
+                                   all_reduce_sum, barrier, init_distributed, shutdown_distributed, wrap_ddp)
 from spa_train.logger import MetricsWriter, read_metrics, truncate_metrics
 from spa_train.optim import build_optimizer, build_scheduler
 from spa_train.plots import plot_curves
@@ -149,10 +149,8 @@ class Trainer:
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.info.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            unused = self.task.unused_parameters or self.contract.unused_parameters
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                                              find_unused_parameters=unused)
+            model = wrap_ddp(model, self.device,
+                             find_unused_parameters=self.task.unused_parameters or self.contract.unused_parameters)
         if self.config.compile:
             if not self.contract.static_shapes:
                 self._say("compile=true with an SPT whose capacity is 'exact': every SPA block syncs with the host "

@@ -1,7 +1,12 @@
 """Learned token budgets: the policy's arithmetic, the drops it allows, checkpoints, batch invariance."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +14,7 @@ import torch
 import spa_model
 from spa_model.budget import BudgetPolicy, TokenBudget, update_token_budgets
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
 
@@ -29,20 +35,21 @@ def test_grows_at_the_next_look_shrinks_after_patience_looks():
     for look in range(3):          # three looks at a 0.35 peak: the budget may shrink on the third
         for _ in range(policy.interval):
             _observe(budget, [0.2, 0.35])
-            changed = budget.update(policy)
+            changed = update_token_budgets(budget, policy)
         assert changed == (look == 2)
     assert budget.value == pytest.approx(0.4) and float(budget.share) == pytest.approx(0.4)
     _observe(budget, [0.62])        # one larger image: the budget grows at the next look
-    assert not budget.update(policy) and budget.update(policy)
+    assert not update_token_budgets(budget, policy) and update_token_budgets(budget, policy)
     assert budget.value == pytest.approx(0.7)
-    assert not budget.update(policy) and not budget.update(policy)  # nothing seen: nothing moves
+    # nothing seen: nothing moves
+    assert not update_token_budgets(budget, policy) and not update_token_budgets(budget, policy)
     assert budget.value == pytest.approx(0.7)
 
 
 def test_fixed_budgets_never_move():
     budget = TokenBudget(0.3, learned=False)
     _observe(budget, [0.9])
-    assert not any(budget.update(BudgetPolicy(interval=1)) for _ in range(10)) and budget.value == 0.3
+    assert not any(update_token_budgets(budget, BudgetPolicy(interval=1)) for _ in range(10)) and budget.value == 0.3
 
 
 def test_default_policy_drops_under_a_thousandth_of_a_shrinking_noisy_selection():
@@ -61,6 +68,51 @@ def test_default_policy_drops_under_a_thousandth_of_a_shrinking_noisy_selection(
         update_token_budgets(budget, policy)
     assert dropped / selected < 1e-3
     assert budget.value <= policy.level(0.25 + 4 * 0.04)  # and the budget did come down
+
+
+_DDP_RANK = """
+import json, sys
+import torch, torch.distributed as dist
+from torch import nn
+from spa_model.budget import BudgetPolicy, TokenBudget, update_token_budgets
+from spa_train.distributed import wrap_ddp
+
+class Recorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+        self.budget = TokenBudget(1.0, learned=True)
+
+    def forward(self, selected):
+        self.budget.observe(selected, 100)
+        return self.weight * selected.float().sum()
+
+rank, folder = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+model = Recorder()
+ddp = wrap_ddp(model, torch.device("cpu"), find_unused_parameters=False)
+policy = BudgetPolicy(levels=100, margin=0.0, interval=2, patience=1)
+for counts in ([[30], [10]], [[60], [5]])[rank]:   # rank 1's largest image comes first
+    ddp(torch.tensor(counts)).backward()
+    update_token_budgets(model, policy)
+print(json.dumps([model.budget.value, float(model.budget.share)]))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_the_largest_share_any_rank_selected(tmp_path):
+    """Under DistributedDataParallel every rank moves to the budget of the peak over all ranks, and
+    rank 0's broadcast of buffers at each forward does not overwrite the other ranks' peaks."""
+    script = tmp_path / "rank.py"
+    script.write_text(_DDP_RANK)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, str(script), str(rank), str(tmp_path)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
+    results = [rank.communicate(timeout=120) for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), [err for _, err in results]
+    assert [json.loads(out) for out, _ in results] == [[0.6, pytest.approx(0.6)]] * 2
 
 
 def test_the_budget_is_saved_with_the_model_and_restored():

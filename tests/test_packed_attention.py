@@ -6,6 +6,8 @@ relative-position index and shift mask (`_reference_swin_window_attention`).
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -341,6 +343,103 @@ def _check_backend(backend: str, device: str, dtype: torch.dtype, tolerance: flo
     assert int(used) == 0 and torch.all(out == 0) and torch.all(x.grad == 0) and torch.all(table.grad == 0)
 
 
+# (height, width, shifted, capacity): a padded map shifted and not, one whose padded height is one
+# window (Swin does not shift it), and a fixed budget that drops the last kept tokens of each image.
+BLOCK_CASES = [(9, 10, True, "auto"), (9, 10, False, "auto"), (4, 11, True, "auto"), (9, 10, True, 0.3)]
+
+
+def _reference_spa_block(block, x, keep, *, window):
+    """An SPA block (eval, oracle selection ``keep``) in float64, composed without the package: norm1,
+    tokens scaled by the gate's sigmoid, Swin's padding and roll, each image's kept tokens in
+    window-major order cut into containers of M * M (those past the block's budget dropped) for
+    ``_reference_packed``, the inverse roll, the residual, then the MLP."""
+    batch, height, width, channels = x.shape
+    m = window
+    tokens = block.norm1(x)
+    gated = tokens * torch.sigmoid(block.gate(tokens))
+    hp, wp = -(-height // m) * m, -(-width // m) * m
+    gated = torch.nn.functional.pad(gated, (0, 0, 0, wp - width, 0, hp - height))
+    kept = torch.nn.functional.pad(keep, (0, wp - width, 0, hp - height))
+    shifts = [m // 2 if block.shifted and size > m else 0 for size in (hp, wp)]
+    gated, kept = (torch.roll(t, (-shifts[0], -shifts[1]), (1, 2)) for t in (gated, kept))
+    rows, cols = torch.meshgrid(torch.arange(hp), torch.arange(wp), indexing="ij")
+    region = sum(((a >= size - m).long() + (a >= size - s).long()) * scale if s else 0 * a
+                 for a, size, s, scale in ((rows, hp, shifts[0], 3), (cols, wp, shifts[1], 1)))
+    coords = _window_major(torch.stack([rows, cols], -1)[None], m)[0]
+    kept = _window_major(kept, m)
+    if block.budget is not None:
+        budget = -(-math.ceil(block.budget.value * height * width) // (m * m)) * m * m
+        kept = kept & (kept.cumsum(1) <= budget)
+    params = dict(qkv_weight=block.attn.qkv.weight, qkv_bias=block.attn.qkv.bias, proj_weight=block.attn.proj.weight,
+                  proj_bias=block.attn.proj.bias, num_heads=block.attn.num_heads,
+                  rel_pos_table=block.attn.relative_position_bias_table)
+    out = _reference_packed(_window_major(gated, m), kept, params=params, coords=coords,
+                            region=_window_major(region[None, ..., None], m)[0, :, 0], window=m,
+                            container_len=m * m, per_image=True)
+    out = out.view(batch, hp // m, wp // m, m, m, channels).transpose(2, 3).reshape(batch, hp, wp, channels)
+    out = torch.roll(out, (shifts[0], shifts[1]), (1, 2))[:, :height, :width]
+    x = x + out
+    return x + block.mlp(block.norm2(x))
+
+
+def _check_block(*, fused: bool, backend: str, device: str, dtype: torch.dtype, tolerance: float) -> None:
+    """SpaBlock's output and gradients (input, every parameter) against :func:`_reference_spa_block`;
+    ``fused``: through the Triton row kernels of spa_model.triton_rows (on the CPU in the interpreter)."""
+    import copy
+
+    from spa_model import models
+    from spa_model.layers import WindowGrid
+    from spa_model.selection import OracleSelector, SelectionState
+
+    usable = models._fused_rows
+    if device == "cpu":  # the interpreter stands in for a GPU
+        models._fused_rows = lambda x, spa: spa.fuse_rows
+    try:
+        for height, width, shifted, capacity in BLOCK_CASES:
+            torch.manual_seed(0)
+            spa = models.SpaConfig(selector="gt", capacity=capacity, backend=backend, fuse_rows=fused)
+            block = models.SpaBlock(16, 2, window=4, shifted=shifted, spa=spa).eval()
+            with torch.no_grad():  # a gate that is not ~0.5 everywhere, a bias table that is not ~0
+                block.gate.weight.normal_()
+                block.attn.relative_position_bias_table.normal_()
+            generator = torch.Generator().manual_seed(height * width)
+            x = torch.randn(2, height, width, 16, generator=generator, dtype=F64)
+            keep = torch.rand(2, height, width, generator=generator) < 0.6
+            grad_out = torch.randn(x.shape, generator=generator, dtype=F64)
+            results = []
+            for module, run in ((copy.deepcopy(block).double(), None), (block.to(device, dtype), dtype)):
+                leaf = x.to(device, run or F64, copy=True).requires_grad_()
+                if run is None:
+                    out = _reference_spa_block(module, leaf, keep, window=4)
+                else:
+                    grid = WindowGrid.build(height, width, window=4, shift=2 if shifted else 0, device=leaf.device)
+                    labels = {16: keep.to(device, torch.float32)}
+                    out = module(leaf, grid, SelectionState(OracleSelector(), labels, stride=16))
+                out.backward(grad_out.to(out.device, out.dtype))
+                results.append([out.detach().cpu().double(), leaf.grad.cpu().double()]
+                               + [(p.grad if p.grad is not None else torch.zeros_like(p)).cpu().double()
+                                  for p in module.parameters()])
+            names = ["out", "x"] + [n for n, _ in block.named_parameters()]
+            for name, expected, actual in zip(names, *results):
+                error = (actual - expected).norm() / expected.norm().clamp(min=1e-30)
+                assert error < tolerance, f"{height}x{width} shifted={shifted} {capacity} {name}: {error:.2e}"
+    finally:
+        models._fused_rows = usable
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_spa_block_equals_its_float64_reference(backend):
+    _check_block(fused=False, backend=backend, device="cpu", dtype=F64, tolerance=1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False])
+def test_spa_block_equals_its_float64_reference_cuda(fused):
+    pytest.importorskip("triton")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    _check_block(fused=fused, backend="triton", device="cuda", dtype=torch.float32, tolerance=1e-5)
+
+
 @pytest.mark.slow
 def test_triton_backend_interpreted(run_interpreted):
     run_interpreted(__file__)
@@ -382,6 +481,8 @@ if __name__ == "__main__":  # the interpreted check runs here, in a fresh proces
     from spa_model import triton_packed_attention as kernels
 
     _check_backend("triton", "cpu", torch.float32, 1e-5)
+    for fused in (True, False):  # the block as it runs on a GPU in eager mode, and without the row kernels
+        _check_block(fused=fused, backend="triton", device="cpu", dtype=torch.float32, tolerance=1e-5)
     # Several heads per program: 4 heads, two programs of 2 heads forward, 2 + 2 backward.
     kernels.LAUNCH["forward"]["heads"], kernels.LAUNCH["backward"]["heads"] = 2, 3
     _check_backend("triton", "cpu", torch.float32, 1e-5, cases=BACKEND_CASES[1:2])
