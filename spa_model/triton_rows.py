@@ -78,14 +78,18 @@ def plan_rows(keep_pixels: Tensor, token_pixel: Tensor, token_is_padding: Tensor
     grid's ``token_rows`` (slots without a token read row ``slot % (B * P)``).
     """
     if keep_pixels.dim() != 2 or keep_pixels.dtype != torch.bool:
-        raise ValueError(f"keep_pixels must be a (B, P) bool tensor, got {tuple(keep_pixels.shape)} {keep_pixels.dtype}")
-    if (token_pixel.dtype, token_is_padding.dtype) != (torch.long, torch.bool) or token_pixel.shape != token_is_padding.shape:
+        raise ValueError(f"keep_pixels must be a (B, P) bool tensor, got "
+                         f"{tuple(keep_pixels.shape)} {keep_pixels.dtype}")
+    if ((token_pixel.dtype, token_is_padding.dtype) != (torch.long, torch.bool)
+            or token_pixel.shape != token_is_padding.shape):
         raise ValueError(f"token_pixel (N,) long and token_is_padding (N,) bool expected, got "
-                         f"{tuple(token_pixel.shape)} {token_pixel.dtype} and {tuple(token_is_padding.shape)} {token_is_padding.dtype}")
+                         f"{tuple(token_pixel.shape)} {token_pixel.dtype} and "
+                         f"{tuple(token_is_padding.shape)} {token_is_padding.dtype}")
     batch, pixels = keep_pixels.shape
     num_tokens = token_pixel.shape[0]
     if capacity < 1 or batch * pixels == 0:
-        raise ValueError(f"plan_rows needs a capacity >= 1 and a non-empty map, got {capacity}, {tuple(keep_pixels.shape)}")
+        raise ValueError(f"plan_rows needs a capacity >= 1 and a non-empty map, got {capacity}, "
+                         f"{tuple(keep_pixels.shape)}")
     image_slots = capacity * container_len
     device = keep_pixels.device
     token_index = torch.empty(batch * image_slots, dtype=torch.long, device=device)
