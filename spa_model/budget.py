@@ -122,7 +122,8 @@ def update_token_budgets(model: nn.Module | Iterable[TokenBudget], policy: Budge
 
     Every ``policy.interval`` calls the peaks of all budgets are read in one host transfer; under
     ``torch.distributed`` they are first reduced to their maximum over ranks, so every rank moves
-    to the same budgets (leave :func:`rank_local_buffers` out of DistributedDataParallel's broadcast)."""
+    to the same budgets (leave :func:`rank_local_buffers` out of DistributedDataParallel's broadcast).
+    That makes it a collective call: every rank calls it after every optimizer step."""
     budgets = token_budgets(model) if isinstance(model, nn.Module) else model
     due = [budget for budget in budgets if budget.due(policy)]
     if not due:

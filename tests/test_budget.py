@@ -110,7 +110,11 @@ def test_ranks_agree_on_the_largest_share_any_rank_selected(tmp_path):
            "OMP_NUM_THREADS": "1"}
     ranks = [subprocess.Popen([sys.executable, str(script), str(rank), str(tmp_path)], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
-    results = [rank.communicate(timeout=120) for rank in ranks]
+    try:
+        results = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
     assert all(rank.returncode == 0 for rank in ranks), [err for _, err in results]
     assert [json.loads(out) for out, _ in results] == [[0.6, pytest.approx(0.6)]] * 2
 

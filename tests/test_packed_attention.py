@@ -349,7 +349,8 @@ BLOCK_CASES = [(9, 10, True, "auto"), (9, 10, False, "auto"), (4, 11, True, "aut
 
 
 def _reference_spa_block(block, x, keep, *, window):
-    """An SPA block (eval, oracle selection ``keep``) in float64, composed without the package: norm1,
+    """An SPA block (eval, oracle selection ``keep``) in float64: the block's own layers (norms, gate,
+    qkv, proj, MLP) composed with this file's windowing and attention, not the package's: norm1,
     tokens scaled by the gate's sigmoid, Swin's padding and roll, each image's kept tokens in
     window-major order cut into containers of M * M (those past the block's budget dropped) for
     ``_reference_packed``, the inverse roll, the residual, then the MLP."""
@@ -408,7 +409,7 @@ def _check_block(*, fused: bool, backend: str, device: str, dtype: torch.dtype, 
             grad_out = torch.randn(x.shape, generator=generator, dtype=F64)
             results = []
             for module, run in ((copy.deepcopy(block).double(), None), (block.to(device, dtype), dtype)):
-                leaf = x.to(device, run or F64, copy=True).requires_grad_()
+                leaf = x.to(device if run else "cpu", run or F64, copy=True).requires_grad_()  # reference: CPU
                 if run is None:
                     out = _reference_spa_block(module, leaf, keep, window=4)
                 else:
