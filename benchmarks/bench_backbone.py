@@ -269,7 +269,7 @@ def selection_stats(model, inputs: Inputs) -> dict:
     model.train(training)
     stats = selection_summary(model, out)
     if out.blocks:
-        stats["budgets"] = [round(b.value, 4) for b in model.modules() if isinstance(b, spa_model.budget.TokenBudget)]
+        stats["budgets"] = [round(b.value, 4) for b in spa_model.budget.token_budgets(model)]
     return stats
 
 

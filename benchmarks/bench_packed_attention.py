@@ -1,7 +1,8 @@
 """Speed of Select and Pack Attention against dense window attention and the unmasked ceiling.
 
 Setting (the issue's): stage 3 of Swin-T at 1280x800, batch 8: C=384, 12 heads, head_dim 32,
-50x80 tokens padded to 56x84, window 7, L=49, 25% of the tokens selected at random, bfloat16.
+50x80 tokens padded to 56x84, window 7, L=49, bfloat16; 25% and 50% of the tokens selected
+(``--selection objects``, the default: scattered objects of varied size; ``random``: uniform).
 
 Two levels, forward and forward+backward (median of triton.testing.do_bench, random data):
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spa_common.io import atomic_write
-from spa_model.packed_attention import (packed_attention, scatter_add_rows, select_pack_attention, slot_rows,
+from spa_model.packed_attention import (flat_slot_rows, packed_attention, scatter_add_rows, select_pack_attention,
                                         token_positions)
 from spa_model.layers import WindowGrid
 from spa_model.packing import plan_packing
@@ -115,11 +116,9 @@ def build_cases(args, ratio: float, device):
                                              backend=backend, **common)[0]
 
     total = batch * num_tokens
-    token_rows = torch.cat([torch.arange(total, device=device), torch.full((1,), -1, device=device)])
-
     def planned():  # the plan, each slot's source row and its weight in the sum, once per call
         plan = plan_packing(keep, container_len=length, capacity=capacity)
-        rows, holds_token = slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
+        rows, holds_token = flat_slot_rows(plan, total)
         return rows, holds_token.to(x.dtype)
 
     def pack(rows):

@@ -6,7 +6,7 @@
 # selection: the selected share during training, paper gates vs gate prior vs threshold 0.5 (bench_selection.py)
 # trainer:   the detection trainer's img/s against a bare model step (bench_trainer.py)
 # Fixtures are read from $SPA_FIXTURES (default .fixtures, a copy of ../shared/fixtures); pycocotools
-# wheels in .whl/ are installed first, as benchmarks/gpu_suite.sh does.
+# wheels in .whl/ are installed first (benchmarks/device_env.sh).
 set -uo pipefail
 out=${1:?usage: detection_checks.sh OUT_DIR [part ...]}; shift
 parts=${*:-tests selection trainer}

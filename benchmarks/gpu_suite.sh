@@ -29,7 +29,7 @@ for part in $parts; do
     host-profile) timeout 300 python3 benchmarks/profile_backbone.py --shape "$shape" --compile --host --phases train \
                  --out "$out/host" ${labels:+--labels "$labels"} > "$out/host_profile.log" 2>&1
                head -9 "$out/host/profile_train_compiled_host.txt" ;;
-    # every variant of a group built first and timed in turn (about 70 s of compiling per model when compiled)
+    # every variant of a group built first and timed in turn (compiled: warmed in parallel processes first)
     backbone)  timeout 400 python3 benchmarks/bench_backbone.py --shape "$shape" --modes eager,graphs --labels "$labels" \
                  --budget 360 --out "$out" --name "backbone_${shape/:/_b}_eager.json" 2>&1 | tail -30 ;;
     compiled)  timeout 560 python3 benchmarks/bench_backbone.py --shape "$shape" --modes compiled --labels "$labels" \

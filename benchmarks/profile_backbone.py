@@ -8,8 +8,8 @@ Profiles one bf16 inference pass and one training step of each variant of ``benc
 budget settled first) with torch.profiler after warm-up, and writes DIR/profile_<phase>[_compiled].txt:
 the ops (under ``--compile``, the generated kernels) by total device time, the models side by side,
 so the SPT overhead (gather, plan, scatter, gate) shows against what it saves. ``--host`` tables each
-op's host (CPU) self time and calls instead, for steps bound by issuing launches (``--quick`` runs it
-on the CPU with tiny models: the ops a step issues). ``--trace`` also writes a Chrome trace per
+op's host (CPU) self time and calls instead, for steps bound by issuing launches (without a GPU it
+runs on the CPU, host times; ``--quick``: tiny models). ``--trace`` also writes a Chrome trace per
 variant (DIR/trace_<label>_<phase>.json.gz) for ``trace_gaps.py``.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="profile torch.compile'd steps")
     parser.add_argument("--host", action="store_true", help="host (CPU) self time per op, not device time")
     parser.add_argument("--trace", action="store_true", help="also write a Chrome trace per variant and phase")
-    parser.add_argument("--quick", action="store_true", help="tiny models (on the CPU: the ops a step issues)")
+    parser.add_argument("--quick", action="store_true", help="tiny models")
     args = parser.parse_args()
     size, batch = args.shape.split(":")
     width, height = map(int, size.split("x"))
@@ -81,6 +81,7 @@ def main() -> None:
     inputs = Inputs(int(batch), height, width, args.share, device)
     settle_inputs = [Inputs(int(batch), height, width, args.share, device, seed=s) for s in (1, 2, 3)]
     mode = "compiled" if args.compile else "eager"
+    kind = "host" if args.host or device.type == "cpu" else "device"
     os.makedirs(args.out, exist_ok=True)
     for phase in args.phases.split(","):
         tables = {}
@@ -92,11 +93,10 @@ def main() -> None:
             trace = os.path.join(args.out, f"trace_{label}_{phase}{'_compiled' * args.compile}.json.gz") \
                 if args.trace else None
             tables[label] = device_times(step_fn(model, inputs, phase=phase, mode=mode, device=device),
-                                         host=args.host or device.type == "cpu", trace=trace)
+                                         host=kind == "host", trace=trace)
             torch._dynamo.reset()
         names = sorted(set().union(*tables.values()),
                        key=lambda k: -max(t.get(k, (0, 0))[0] for t in tables.values()))
-        kind = "host" if args.host or device.type == "cpu" else "device"
         lines = [f"{args.shape} {phase} {mode}, {kind} ms per step (calls)",
                  f"{'total':70s} " + "  ".join(f"{n}: {sum(v[0] for v in t.values()):8.3f} ({sum(v[1] for v in t.values()):4d})"
                                                for n, t in tables.items())]

@@ -9,7 +9,7 @@ Two paths to a batch:
 - CUDA: workers return the stored bytes (JPEG or raw pixels) plus the labels; the main
   process decodes the whole batch with nvJPEG (``decode_jpeg(list, device="cuda")``),
   resizes same-sized images together, pads, flips and normalises on the GPU, on a side stream
-  in a helper thread, two batches ahead (so decoding overlaps the training step instead of adding
+  in a helper thread, up to three batches ahead (so decoding overlaps the training step instead of adding
   to it; with worker processes the CPU path finishes batches on a helper thread too). Collated
   tensors come from pinned memory with non_blocking copies.
 
@@ -468,7 +468,8 @@ _RUNNING_PASSES: weakref.WeakSet = weakref.WeakSet()   # closed by their loader,
 
 class _Prefetched:
     """One pass over ``loader``: a helper thread finishes its batches (decode, resize, normalise; on
-    CUDA on a side stream) up to ``depth`` ahead, and this iterator hands them over in order. Decoding
+    CUDA on a side stream) up to ``depth`` queued ahead, plus the one it holds while the queue is full,
+    and this iterator hands them over in order. Decoding
     holds the host (nvJPEG's host stage, stream waits): on the training thread that time adds to every
     step, on its own thread it overlaps the step.
 

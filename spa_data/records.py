@@ -48,13 +48,8 @@ def sort_key(image_id: ImageId) -> tuple[int, Union[int, str]]:
     return (0, image_id) if isinstance(image_id, int) else (1, image_id)
 
 
-def fits_image_id(image_id: Any) -> bool:
-    """Whether ``image_id`` is what the shards store: a string, or an integer that fits 64 bits."""
-    return isinstance(image_id, str) or (type(image_id) is int and -2**63 <= image_id < 2**63)
-
-
 def check_image_id(image_id: Any, where: str) -> Any:
     """A string, or an integer that fits 64 bits (what the shards store), else a SpaError naming ``where``."""
-    if fits_image_id(image_id):
+    if isinstance(image_id, str) or (type(image_id) is int and -2**63 <= image_id < 2**63):
         return image_id
     raise SpaError(f"{where}: image id {image_id!r} is neither a string nor an integer within 64 bits")

@@ -31,7 +31,7 @@ from spa_common.jsonio import read_json, read_json_or_none
 from spa_data.geometry import Geometry, GeometrySpec
 from spa_data.images import UnreadableImage, jpeg_problem, read_image
 from spa_data.labels import selection_labels
-from spa_data.records import fits_image_id
+from spa_data.records import check_image_id
 from spa_data.workers import process_pool
 
 SCHEMA = "spa-shards"
@@ -263,7 +263,7 @@ def _recorded_digests(out_dir: Path) -> dict[str, str]:
     index = read_json_or_none(out_dir / INDEX)
     try:
         recorded.update({e["file"]: e["sha256"] for e in index["shards"]})
-    except (ValueError, KeyError, TypeError):   # no index (None), or not one this tool wrote
+    except (KeyError, TypeError):   # no index (None), or not one this tool wrote
         pass
     try:
         lines = (out_dir / JOURNAL).read_text(encoding="utf-8").splitlines()
@@ -351,9 +351,7 @@ def _make_sample(job: ShardJob, geometry: Geometry, line: int, manifest_line: st
     except (ValueError, KeyError, TypeError) as e:
         raise SpaError(f"{subset}: manifest.jsonl / annotations.jsonl line {line + 1}: not a subset entry "
                        f"({type(e).__name__}: {e})") from None
-    if not fits_image_id(image_id):
-        raise SpaError(f"{subset / 'manifest.jsonl'}: line {line + 1}: image id {image_id!r} is neither a string "
-                       "nor a 64-bit integer")
+    check_image_id(image_id, f"{subset / 'manifest.jsonl'}: line {line + 1}")
     if ann.get("image_id") != image_id:
         raise SpaError(f"{subset / 'annotations.jsonl'}: image {image_id!r}: annotations.jsonl has "
                        f"{ann.get('image_id')!r} on that line")

@@ -181,19 +181,17 @@ def _image_containers(model: SwinTransformer, output: FeatureOutput, batch_grids
     sites = [(stage_index, stage.window, block) for stage_index, stage in enumerate(model.stages)
              for block in stage.blocks if isinstance(block, SpaBlock)]
     batch = output.features[0].shape[0]
-    result: list[list[float] | None] = []
-    on_device: dict[int, torch.Tensor] = {}   # per-block counts read in one transfer at the end
+    if own is not None and model.selector.keeps_padding:   # "all": each image's own windows, padding included
+        return [[-(-n // s.plan.container_len) if s.plan.per_image else n / s.plan.container_len
+                 for n in (_padded_tokens(*grids[stage_index], window) for grids in own)]
+                for (stage_index, window, _), s in zip(sites, output.blocks)]
+    counts: list[torch.Tensor] = []   # per block, read in one transfer at the end
     inside_of: dict[tuple[int, bool], torch.Tensor] = {}   # tokens inside each image's own grid, per stage grid
-    for index, ((stage_index, window, block), selection) in enumerate(zip(sites, output.blocks)):
+    for (stage_index, window, block), selection in zip(sites, output.blocks):
         plan, length = selection.plan, selection.plan.container_len
         if own is None:
-            on_device[index] = ((plan.placed + length - 1) // length if plan.per_image
-                                else plan.containers_used.double().div(batch).expand(batch))
-            result.append(None)
-            continue
-        if model.selector.keeps_padding:
-            tokens = [_padded_tokens(*grids[stage_index], window) for grids in own]
-            result.append([-(-n // length) if plan.per_image else n / length for n in tokens])
+            counts.append((plan.placed + length - 1) // length if plan.per_image
+                          else plan.containers_used.double().div(batch).expand(batch))
             continue
         if (stage_index, block.shifted) not in inside_of:
             height, width = batch_grids[stage_index]
@@ -204,12 +202,8 @@ def _image_containers(model: SwinTransformer, output: FeatureOutput, batch_grids
             rows, cols = grid.token_pixel // width, grid.token_pixel % width
             inside_of[stage_index, block.shifted] = grid.token_is_real & (rows < sizes[:, :1]) & (cols < sizes[:, 1:])
         placed = ((plan.token_slot < plan.num_slots).view(batch, -1) & inside_of[stage_index, block.shifted]).sum(1)
-        on_device[index] = (placed + length - 1) // length if plan.per_image else placed / length
-        result.append(None)
-    if on_device:
-        for index, counts in zip(on_device, torch.stack([c.double() for c in on_device.values()]).tolist()):
-            result[index] = counts
-    return result
+        counts.append((placed + length - 1) // length if plan.per_image else placed / length)
+    return torch.stack([c.double() for c in counts]).tolist() if counts else []
 
 
 def _image_macs(model: SwinTransformer, grids_hw: Sequence[tuple[int, int]], containers: Sequence[float], *,

@@ -1,7 +1,9 @@
 """Select and Pack Attention: multi-head self-attention over the selected tokens only.
 
 The op is a composition of small pure functions, and SPT's :class:`spa_model.models.SpaBlock` runs
-the same ones (so the float64 reference tests check the code that runs):
+the same ones; in eager mode on CUDA it runs their Triton equivalents (:mod:`spa_model.triton_rows`)
+around the same attention. The float64 reference tests check these functions and the whole block,
+either way:
 
 * :func:`spa_model.packing.plan_packing`: which slot of which container each kept token takes;
 * :func:`slot_rows`: the row of the source tensor each slot reads (padding slots read distinct
@@ -52,8 +54,8 @@ from torch import Tensor
 
 from .packing import PackPlan, plan_packing
 
-__all__ = ["select_pack_attention", "packed_attention", "slot_rows", "scatter_add_rows", "token_positions",
-           "SlotGeometry", "slot_geometry", "container_attention_mask", "triton_usable"]
+__all__ = ["select_pack_attention", "packed_attention", "slot_rows", "flat_slot_rows", "scatter_add_rows",
+           "token_positions", "SlotGeometry", "slot_geometry", "container_attention_mask", "triton_usable"]
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,13 @@ def slot_rows(plan: PackPlan, token_rows: Tensor, spread: Tensor) -> tuple[Tenso
     return torch.where(holds_token, rows, spread), holds_token
 
 
+def flat_slot_rows(plan: PackPlan, total: int) -> tuple[Tensor, Tensor]:
+    """:func:`slot_rows` for a flat source of ``total`` rows that are all tokens (no window padding)."""
+    device = plan.token_index.device
+    token_rows = torch.cat([torch.arange(total, device=device), torch.full((1,), -1, device=device)])
+    return slot_rows(plan, token_rows, torch.arange(plan.num_slots, device=device) % total)
+
+
 def scatter_add_rows(target: Tensor, packed: Tensor, rows: Tensor, weight: Tensor) -> Tensor:
     """``target`` (R, C) plus each slot's ``packed`` row times its ``weight`` (slots,) at its source
     row: weight 0 for slots without a token (they add nothing), 1 or a drop-path scale otherwise.
@@ -228,9 +237,7 @@ def select_pack_attention(x: Tensor, keep: Tensor, *, qkv_weight: Tensor, qkv_bi
         return x.new_zeros(batch, num_tokens, proj_weight.shape[0]), keep.new_zeros((), dtype=torch.long)
     plan = plan_packing(keep, container_len=container_len, per_image=per_image, capacity=capacity)
     total = batch * num_tokens
-    token_rows = torch.cat([torch.arange(total, device=x.device), x.new_full((1,), -1, dtype=torch.long)])
-    spread = torch.arange(plan.num_slots, device=x.device) % total
-    rows, holds_token = slot_rows(plan, token_rows, spread)
+    rows, holds_token = flat_slot_rows(plan, total)
     qkv = F.linear(x.reshape(total, channels).index_select(0, rows), qkv_weight, qkv_bias)
     attended = packed_attention(qkv, plan, positions=token_positions(region=region, coords=coords),
                                 num_heads=num_heads, rel_pos_table=rel_pos_table, window=window, backend=backend)

@@ -144,9 +144,11 @@ def selection_summary(model: torch.nn.Module, output) -> dict[str, float]:
 
     summary = {"gmacs_per_image": spa_model.count_flops(model, output).total / 1e9}
     if output.blocks:
-        selected = sum(float(b.selected.sum()) for b in output.blocks)
-        summary["select_ratio"] = float(torch.stack(output.select_ratios).mean())
-        summary["dropped_share"] = sum(float(d) for d in output.dropped) / max(selected, 1)
+        parts = [torch.stack(output.select_ratios).mean(), torch.stack(output.dropped).sum(),
+                 sum(b.selected.sum() for b in output.blocks)]
+        ratio, dropped, selected = torch.stack([p.double() for p in parts]).tolist()   # one host read
+        summary["select_ratio"] = ratio
+        summary["dropped_share"] = dropped / max(selected, 1)
     return summary
 
 

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spa_common.errors import ParamError, SpaError
-from spa_common.io import foreign_entries, is_temporary
+from spa_common.io import foreign_entries, is_temporary, refuse_foreign
 from spa_data.jitter import check_short_sides
 from spa_model.models import ModelContract
 from spa_model.weights import load_pretrained
@@ -601,13 +601,13 @@ def train(config: TrainConfig, *, resume: Optional[str | Path] = None) -> dict[s
 
 def _check_new_run_dir(run_dir: Path) -> None:
     """A run starts in a new or empty directory, or in one a run left before its first checkpoint."""
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
-    foreign = foreign_entries(run_dir, lambda p: p.name in RUN_FILES or is_temporary(p))
-    if foreign or not (run_dir / "config.yaml").is_file():
-        what = f"holds {foreign[0]}" if foreign else "has no config.yaml"
-        raise SpaError(f"{run_dir}: not empty and not a spa-train run directory ({what}); "
-                       "choose a new or empty out directory")
+    def owned(out: Path) -> Optional[str]:
+        foreign = foreign_entries(out, lambda p: p.name in RUN_FILES or is_temporary(p))
+        if foreign or not (out / "config.yaml").is_file():
+            return f"not a spa-train run directory ({f'holds {foreign[0]}' if foreign else 'has no config.yaml'})"
+        return None
+
+    refuse_foreign(run_dir, owned, "start a run there (choose a new or empty out directory)")
 
 
 def resolve_resume_path(path: str | Path) -> Path:

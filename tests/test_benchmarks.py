@@ -54,7 +54,7 @@ def test_bench_backbone_quick_times_every_variant(tmp_path):
 
 def test_profile_backbone_quick_tables_each_variant(tmp_path):
     _run([str(BENCHMARKS / "profile_backbone.py"), "--quick", "--out", str(tmp_path), "--shape", "64x64:2",
-          "--phases", "train"], tmp_path)
+          "--phases", "train", "--top", "1000"], tmp_path)   # every op: the ranking by host time varies with load
     table = (tmp_path / "profile_train_host.txt").read_text().splitlines()
     assert "swin_t" in table[1] and "spt_t_gt" in table[1]
     assert any(line.startswith("aten::index_select") for line in table)  # the packing SPT adds

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import spa_model
 from spa_model.budget import BudgetPolicy, TokenBudget, update_token_budgets
+from test_train import _env
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
 
@@ -106,9 +104,7 @@ def test_ranks_agree_on_the_largest_share_any_rank_selected(tmp_path):
     rank 0's broadcast of buffers at each forward does not overwrite the other ranks' peaks."""
     script = tmp_path / "rank.py"
     script.write_text(_DDP_RANK)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, str(script), str(rank), str(tmp_path)], env=env, text=True,
+    ranks = [subprocess.Popen([sys.executable, str(script), str(rank), str(tmp_path)], env=_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
     try:
         results = [rank.communicate(timeout=120) for rank in ranks]

@@ -1,11 +1,13 @@
 """Select and Pack Attention against independent float64 references.
 
 References here are written without the package's code: a per-container loop over the kept tokens
-(`_reference_packed`) and Swin's (shifted) window attention built from reshapes and Swin's own
-relative-position index and shift mask (`_reference_swin_window_attention`).
+(`_reference_packed`), Swin's (shifted) window attention built from reshapes and Swin's own
+relative-position index and shift mask (`_reference_swin_window_attention`), and a whole SPA block
+(`_reference_spa_block`: the block's own layers around this file's windowing and attention).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -240,6 +242,23 @@ def _window_major(t: torch.Tensor, m: int) -> torch.Tensor:
     return t.reshape(batch, height * width, *rest)
 
 
+def _from_window_major(t: torch.Tensor, m: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`_window_major`: (B, H*W, ...) -> (B, H, W, ...)."""
+    batch, rest = t.shape[0], t.shape[2:]
+    t = t.view(batch, height // m, width // m, m, m, *rest).transpose(2, 3)
+    return t.reshape(batch, height, width, *rest)
+
+
+def _swin_frame(height: int, width: int, m: int, shifts: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coords (N, 2), region (N,)) of the window-major tokens of a rolled (H, W) frame: the caller's
+    frame, rolled by -shift; region = Swin's shift regions (its img_mask slices) per dimension."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    row_region = (rows >= height - m).long() + (rows >= height - shifts[0]).long() if shifts[0] else 0 * rows
+    col_region = (cols >= width - m).long() + (cols >= width - shifts[1]).long() if shifts[1] else 0 * cols
+    coords = _window_major(torch.stack([rows, cols], -1)[None], m)[0]
+    return coords, _window_major((row_region * 3 + col_region)[None, ..., None], m)[0, :, 0]
+
+
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
 @pytest.mark.parametrize("shift", [0, 1])
 def test_select_all_equals_swin_window_attention(shift, backend):
@@ -249,21 +268,13 @@ def test_select_all_equals_swin_window_attention(shift, backend):
     params = _params(channels, heads, m, generator=generator)
     expected = _reference_swin_window_attention(x, params=params, window=m, shift=shift)
 
-    # The caller's frame: rolled by -shift, tokens window-major; region = Swin's shift regions.
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    coords = torch.stack([rows, cols], -1)[None]
-    row_region = (rows >= height - m).long() + (rows >= height - shift).long() if shift else 0 * rows
-    col_region = (cols >= width - m).long() + (cols >= width - shift).long() if shift else 0 * cols
-    region = (row_region * 3 + col_region)[None, ..., None]
-    shifted = torch.roll(x, (-shift, -shift), (1, 2))
-    tokens = _window_major(shifted, m)
+    coords, region = _swin_frame(height, width, m, (shift, shift))
+    tokens = _window_major(torch.roll(x, (-shift, -shift), (1, 2)), m)
     keep = torch.ones(batch, height * width, dtype=torch.bool)
-    out, used = select_pack_attention(tokens, keep, coords=_window_major(coords, m)[0],
-                                      region=_window_major(region, m)[0, :, 0], window=m,
+    out, used = select_pack_attention(tokens, keep, coords=coords, region=region, window=m,
                                       container_len=m * m, per_image=True, backend=backend, **params)
     assert int(used) == batch * height * width // (m * m)
-    out = out.view(batch, height // m, width // m, m, m, channels).transpose(2, 3)
-    out = torch.roll(out.reshape(batch, height, width, channels), (shift, shift), (1, 2))
+    out = torch.roll(_from_window_major(out, m, height, width), (shift, shift), (1, 2))
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -361,33 +372,58 @@ def _reference_spa_block(block, x, keep, *, window):
     hp, wp = -(-height // m) * m, -(-width // m) * m
     gated = torch.nn.functional.pad(gated, (0, 0, 0, wp - width, 0, hp - height))
     kept = torch.nn.functional.pad(keep, (0, wp - width, 0, hp - height))
-    shifts = [m // 2 if block.shifted and size > m else 0 for size in (hp, wp)]
-    gated, kept = (torch.roll(t, (-shifts[0], -shifts[1]), (1, 2)) for t in (gated, kept))
-    rows, cols = torch.meshgrid(torch.arange(hp), torch.arange(wp), indexing="ij")
-    region = sum(((a >= size - m).long() + (a >= size - s).long()) * scale if s else 0 * a
-                 for a, size, s, scale in ((rows, hp, shifts[0], 3), (cols, wp, shifts[1], 1)))
-    coords = _window_major(torch.stack([rows, cols], -1)[None], m)[0]
-    kept = _window_major(kept, m)
+    shifts = tuple(m // 2 if block.shifted and size > m else 0 for size in (hp, wp))
+    gated, kept = (_window_major(torch.roll(t, (-shifts[0], -shifts[1]), (1, 2)), m) for t in (gated, kept))
+    coords, region = _swin_frame(hp, wp, m, shifts)
     if block.budget is not None:
         budget = -(-math.ceil(block.budget.value * height * width) // (m * m)) * m * m
         kept = kept & (kept.cumsum(1) <= budget)
     params = dict(qkv_weight=block.attn.qkv.weight, qkv_bias=block.attn.qkv.bias, proj_weight=block.attn.proj.weight,
                   proj_bias=block.attn.proj.bias, num_heads=block.attn.num_heads,
                   rel_pos_table=block.attn.relative_position_bias_table)
-    out = _reference_packed(_window_major(gated, m), kept, params=params, coords=coords,
-                            region=_window_major(region[None, ..., None], m)[0, :, 0], window=m,
+    out = _reference_packed(gated, kept, params=params, coords=coords, region=region, window=m,
                             container_len=m * m, per_image=True)
-    out = out.view(batch, hp // m, wp // m, m, m, channels).transpose(2, 3).reshape(batch, hp, wp, channels)
-    out = torch.roll(out, (shifts[0], shifts[1]), (1, 2))[:, :height, :width]
+    out = torch.roll(_from_window_major(out, m, hp, wp), shifts, (1, 2))[:, :height, :width]
     x = x + out
     return x + block.mlp(block.norm2(x))
+
+
+def _block_case(case, spa):
+    """The block and the inputs of one BLOCK_CASES entry (the same weights whatever ``spa``'s backend)."""
+    from spa_model import models
+
+    height, width, shifted, _ = case
+    torch.manual_seed(0)
+    block = models.SpaBlock(16, 2, window=4, shifted=shifted, spa=spa).eval()
+    with torch.no_grad():  # a gate that is not ~0.5 everywhere, a bias table that is not ~0
+        block.gate.weight.normal_()
+        block.attn.relative_position_bias_table.normal_()
+    generator = torch.Generator().manual_seed(height * width)
+    x = torch.randn(2, height, width, 16, generator=generator, dtype=F64)
+    keep = torch.rand(2, height, width, generator=generator) < 0.6
+    return block, x, keep, torch.randn(x.shape, generator=generator, dtype=F64)
+
+
+def _output_and_grads(module, leaf, out, grad_out) -> list[torch.Tensor]:
+    out.backward(grad_out.to(out.device, out.dtype))
+    return [out.detach().cpu().double(), leaf.grad.cpu().double()] + [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).cpu().double() for p in module.parameters()]
+
+
+@functools.cache
+def _block_reference(case) -> list[torch.Tensor]:
+    """Output, input gradient and parameter gradients of :func:`_reference_spa_block` on the CPU."""
+    from spa_model.models import SpaConfig
+
+    block, x, keep, grad_out = _block_case(case, SpaConfig(selector="gt", capacity=case[3]))
+    block.double()
+    leaf = x.clone().requires_grad_()
+    return _output_and_grads(block, leaf, _reference_spa_block(block, leaf, keep, window=4), grad_out)
 
 
 def _check_block(*, fused: bool, backend: str, device: str, dtype: torch.dtype, tolerance: float) -> None:
     """SpaBlock's output and gradients (input, every parameter) against :func:`_reference_spa_block`;
     ``fused``: through the Triton row kernels of spa_model.triton_rows (on the CPU in the interpreter)."""
-    import copy
-
     from spa_model import models
     from spa_model.layers import WindowGrid
     from spa_model.selection import OracleSelector, SelectionState
@@ -396,33 +432,19 @@ def _check_block(*, fused: bool, backend: str, device: str, dtype: torch.dtype, 
     if device == "cpu":  # the interpreter stands in for a GPU
         models._fused_rows = lambda x, spa: spa.fuse_rows
     try:
-        for height, width, shifted, capacity in BLOCK_CASES:
-            torch.manual_seed(0)
+        for case in BLOCK_CASES:
+            height, width, shifted, capacity = case
             spa = models.SpaConfig(selector="gt", capacity=capacity, backend=backend, fuse_rows=fused)
-            block = models.SpaBlock(16, 2, window=4, shifted=shifted, spa=spa).eval()
-            with torch.no_grad():  # a gate that is not ~0.5 everywhere, a bias table that is not ~0
-                block.gate.weight.normal_()
-                block.attn.relative_position_bias_table.normal_()
-            generator = torch.Generator().manual_seed(height * width)
-            x = torch.randn(2, height, width, 16, generator=generator, dtype=F64)
-            keep = torch.rand(2, height, width, generator=generator) < 0.6
-            grad_out = torch.randn(x.shape, generator=generator, dtype=F64)
-            results = []
-            for module, run in ((copy.deepcopy(block).double(), None), (block.to(device, dtype), dtype)):
-                leaf = x.to(device if run else "cpu", run or F64, copy=True).requires_grad_()  # reference: CPU
-                if run is None:
-                    out = _reference_spa_block(module, leaf, keep, window=4)
-                else:
-                    grid = WindowGrid.build(height, width, window=4, shift=2 if shifted else 0, device=leaf.device)
-                    labels = {16: keep.to(device, torch.float32)}
-                    out = module(leaf, grid, SelectionState(OracleSelector(), labels, stride=16))
-                out.backward(grad_out.to(out.device, out.dtype))
-                results.append([out.detach().cpu().double(), leaf.grad.cpu().double()]
-                               + [(p.grad if p.grad is not None else torch.zeros_like(p)).cpu().double()
-                                  for p in module.parameters()])
+            block, x, keep, grad_out = _block_case(case, spa)
+            block.to(device, dtype)
+            leaf = x.to(device, dtype).requires_grad_()
+            grid = WindowGrid.build(height, width, window=4, shift=2 if shifted else 0, device=leaf.device)
+            labels = {16: keep.to(device, torch.float32)}
+            out = block(leaf, grid, SelectionState(OracleSelector(), labels, stride=16))
             names = ["out", "x"] + [n for n, _ in block.named_parameters()]
-            for name, expected, actual in zip(names, *results):
-                error = (actual - expected).norm() / expected.norm().clamp(min=1e-30)
+            actual = _output_and_grads(block, leaf, out, grad_out)
+            for name, expected, got in zip(names, _block_reference(case), actual):
+                error = (got - expected).norm() / expected.norm().clamp(min=1e-30)
                 assert error < tolerance, f"{height}x{width} shifted={shifted} {capacity} {name}: {error:.2e}"
     finally:
         models._fused_rows = usable
