@@ -3,6 +3,8 @@
 Setting (the issue's): stage 3 of Swin-T at 1280x800, batch 8: C=384, 12 heads, head_dim 32,
 50x80 tokens padded to 56x84, window 7, L=49, bfloat16; 25% and 50% of the tokens selected
 (``--selection objects``, the default: scattered objects of varied size; ``random``: uniform).
+Containers per image: the fewest that hold the selection (``--capacity tight``), or those SPT's
+default learned budget settles on for it (``--capacity budget``); ``--batch 1`` for deployment.
 
 Two levels, forward and forward+backward (median of triton.testing.do_bench, random data):
 
@@ -38,6 +40,7 @@ from tqdm import tqdm
 from spa_common.io import atomic_write
 from spa_model.packed_attention import (flat_slot_rows, packed_attention, scatter_add_rows, select_pack_attention,
                                         token_positions)
+from spa_model.budget import BudgetPolicy, TokenBudget
 from spa_model.layers import WindowGrid
 from spa_model.packing import plan_packing
 from spa_train.bench import labels_from_masks, scattered_objects
@@ -80,7 +83,13 @@ def build_cases(args, ratio: float, device):
     grid = WindowGrid.build(args.height, args.width, window=window, shift=window // 2, device=torch.device(device))
     keep = _selection(args.selection, batch, grid, ratio, generator, device)
     coords, region = grid.coords, grid.region
-    capacity = int(((keep.sum(1) + length - 1) // length).max())  # containers per image, static: no sync per call
+    # containers per image, static (no sync per call): the fewest that hold the selection, or what the
+    # default learned budget settles on for it (SPT's default settings)
+    capacity = int(((keep.sum(1) + length - 1) // length).max())
+    if args.capacity == "budget":
+        pixels = args.height * args.width
+        share = BudgetPolicy().level(float(keep.sum(1).max()) / pixels)
+        capacity = TokenBudget(share, learned=False).containers(pixels, container_len=length)
     head_dim = channels // heads
     scale = head_dim ** -0.5
 
@@ -171,7 +180,8 @@ def build_cases(args, ratio: float, device):
         "core/packed_triton_nobias": core("triton", False),
     }
     info = dict(batch=batch, tokens=num_tokens, grid=[height, width], channels=channels, heads=heads,
-                window=window, container_len=length, ratio=ratio, selection=args.selection, kept=int(keep.sum()),
+                window=window, container_len=length, ratio=ratio, selection=args.selection, capacity=args.capacity,
+                kept=int(keep.sum()),
                 containers=plan.num_containers, dense_windows=batch * num_windows, dtype=str(dtype))
     return cases, leaves, info
 
@@ -259,8 +269,8 @@ def format_table(results: dict, info: dict, graphs: bool) -> str:
     ceiling = results.get("op/packed_unmasked_ceiling", {})
     core_ceiling = results.get("core/packed_unmasked_ceiling", {})
     kind = "CUDA-graph replays" if graphs else "eager"
-    lines = [f"ratio {info['ratio']}: {info['kept']} tokens kept, {info['containers']} containers "
-             f"(dense: {info['dense_windows']} windows); {kind}, median ms",
+    lines = [f"ratio {info['ratio']}, batch {info['batch']}: {info['kept']} tokens kept, {info['containers']} "
+             f"containers ({info['capacity']} capacity; dense: {info['dense_windows']} windows); {kind}, median ms",
              f"{'case':30s} {'fwd':>8s} {'fwd+bwd':>8s} {'/ceiling fwd':>12s} {'/ceiling f+b':>12s}"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"
     for name, r in results.items():
@@ -300,6 +310,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--selection", choices=["objects", "random"], default="objects",
                         help="kept tokens: cells of scattered objects (as in use) or tokens drawn at random")
+    parser.add_argument("--capacity", choices=["tight", "budget"], default="tight",
+                        help="containers per image: the fewest that hold the selection, or those of the "
+                             "default learned budget for it (BudgetPolicy's level of the largest image's share)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                         help="activations and weights (the bias table stays float32, as under autocast)")
     parser.add_argument("--graphs", action="store_true",

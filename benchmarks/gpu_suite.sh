@@ -20,6 +20,8 @@ for part in $parts; do
   case $part in
     tests)     timeout 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -25 ;;
     packed)    timeout 90 python3 benchmarks/bench_packed_attention.py --out "$out" 2>&1 | tail -25
+               timeout 90 python3 benchmarks/bench_packed_attention.py --capacity budget --out "$out/budget" 2>&1 | tail -25
+               timeout 90 python3 benchmarks/bench_packed_attention.py --batch 1 --out "$out/b1" 2>&1 | tail -25
                timeout 60 python3 benchmarks/bench_packed_attention.py --graphs --out "$out/graphs" 2>&1 | tail -12 ;;
     profile)   timeout 200 python3 benchmarks/profile_backbone.py --shape "$shape" --out "$out" \
                  ${labels:+--labels "$labels"} > "$out/profile.log" 2>&1; head -9 "$out/profile_train.txt" ;;
